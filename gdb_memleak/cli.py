@@ -1,0 +1,88 @@
+"""Offline front door: ``python -m gdb_memleak --core CORE [--exe EXE] [--sysroot DIR] COMMAND …``.
+
+Exit codes: 0 success, 1 analysis error (unreadable/corrupt input), 2 usage error,
+3 missing dependency, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .core.command import ArgParser, Context, HelpShown, by_name, parse_int
+from .core.errors import DependencyError, MemleakError, UsageError
+from .core.settings import Settings
+from .core.textparse import parse_size
+
+
+def _top_parser(commands):
+    p = ArgParser(prog="python -m gdb_memleak", out=sys.stdout.write,
+                  description="Where did the memory go: analyse a core file without gdb.",
+                  epilog="commands: " + "; ".join("%s: %s" % (c.name, c.summary) for c in commands.values()))
+    p.add_argument("--core", metavar="CORE", help="core file (gcore or kernel)")
+    p.add_argument("--exe", metavar="EXE", help="the executable (checked against the core's build-id)")
+    p.add_argument("--sysroot", metavar="DIR", help="where the core's shared libraries are found")
+    p.add_argument("--allow-truncated", action="store_true", help="analyse a truncated core, skipping what is missing")
+    p.add_argument("--max-dump-size", metavar="SIZE", default="1G", help="dump bound (default 1G)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    p.add_argument("command", metavar="COMMAND", choices=sorted(commands), help="one of: " + ", ".join(sorted(commands)))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    err = sys.stderr.write
+    debug = "--debug" in argv
+    try:
+        commands = by_name()
+        top = _top_parser(commands)
+        ns = top.parse_args(argv)
+        if not ns.core:
+            raise UsageError("--core CORE is required (inside gdb, use the 'memleak' commands instead)")
+        settings = Settings(debug=ns.debug, progress=not ns.no_progress)
+        try:
+            settings.max_dump_size = parse_size(ns.max_dump_size)
+        except ValueError as e:
+            raise UsageError(str(e))
+        cmd = commands[ns.command]
+        parser = cmd.build_parser("python -m gdb_memleak %s" % cmd.name, out=sys.stdout.write)
+        args = parser.parse_args(ns.args)
+
+        def make_target():
+            from .core.elfcore import CoreTarget
+            t = CoreTarget(ns.core, exe=ns.exe, sysroot=ns.sysroot, allow_truncated=ns.allow_truncated)
+            t.check_executable()
+            return t
+
+        ctx = Context(make_target, settings, sys.stdout.write, lambda s: err(s.rstrip("\n") + "\n"),
+                      parse_int, "cli")
+        cmd.run(ctx, args)
+        sys.stdout.flush()
+        return 0
+    except HelpShown:
+        return 0
+    except UsageError as e:
+        err("error: %s\n" % e)
+        return 2
+    except DependencyError as e:
+        err("error: %s\n" % e)
+        return 3
+    except MemleakError as e:
+        err("error: %s\n" % e)
+        return 1
+    except KeyboardInterrupt:
+        err("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except ImportError as e:
+        err("error: missing dependency: %s (run 'make install')\n" % e)
+        return 3
+    except Exception as e:  # a bug in gdb_memleak: keep the traceback behind --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            err("internal error: %s: %s (rerun with --debug for the traceback)\n" % (type(e).__name__, e))
+        return 70

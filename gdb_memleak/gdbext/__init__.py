@@ -1,0 +1,1 @@
+"""The only package that imports gdb: GdbTarget, the memleak commands and parameters."""

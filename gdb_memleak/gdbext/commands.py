@@ -1,0 +1,158 @@
+"""gdb commands: the ``memleak`` prefix, one gdb.Command per core subcommand, and the
+``set/show memleak`` parameters.  Errors the user can cause become gdb.GdbError."""
+from __future__ import annotations
+
+import time
+import traceback
+
+import gdb
+
+from ..core.command import Context, HelpShown, registry
+from ..core.errors import MemleakError
+from ..core.settings import Settings
+from ..core.textparse import human_size, parse_size
+
+SETTINGS = Settings()
+
+
+def _evaluate(expr: str) -> int:
+    try:
+        v = gdb.parse_and_eval(expr)
+        if v.type.strip_typedefs().code == gdb.TYPE_CODE_ARRAY:
+            v = v.address
+        return int(v.cast(gdb.lookup_type("unsigned long long"))) if v.type.sizeof <= 8 else int(v)
+    except gdb.error as e:
+        raise MemleakError("cannot evaluate %r: %s" % (expr, e))
+
+
+def _warn(text: str):
+    gdb.write(text.rstrip("\n") + "\n", gdb.STDERR)
+
+
+def run_command(cmd, arg: str, from_tty: bool):
+    from .target import GdbTarget
+    t0 = time.monotonic()
+    ctx = Context(GdbTarget, SETTINGS, gdb.write, _warn, _evaluate, "gdb")
+    try:
+        parser = cmd.build_parser("memleak " + cmd.name, out=gdb.write)
+        args = parser.parse_args(gdb.string_to_argv(arg))
+        cmd.run(ctx, args)
+    except HelpShown:
+        return
+    except MemleakError as e:
+        raise gdb.GdbError(str(e))
+    except gdb.MemoryError as e:
+        raise gdb.GdbError("cannot read target memory: %s" % e)
+    except KeyboardInterrupt:
+        raise gdb.GdbError("memleak %s: interrupted" % cmd.name)
+    except gdb.GdbError:
+        raise
+    except Exception as e:
+        if SETTINGS.debug:
+            traceback.print_exc()
+            raise
+        raise gdb.GdbError("memleak %s: internal error: %s: %s ('set memleak debug on' shows the traceback)"
+                           % (cmd.name, type(e).__name__, e))
+    finally:
+        t = ctx._target
+        if t is not None and t.kind == "live":
+            _warn("memleak %s: process stopped for %.2f s" % (cmd.name, time.monotonic() - t0)) \
+                if time.monotonic() - t0 > 2 else None
+
+
+class MemleakPrefix(gdb.Command):
+    """Find where a process's memory went: mappings, dumps, objects, leaks, threads.
+
+Usage: memleak SUBCOMMAND [ARGS]   ('help memleak SUBCOMMAND' for each one)
+The same subcommands run offline: python -m gdb_memleak --core CORE SUBCOMMAND ..."""
+
+    def __init__(self):
+        super().__init__("memleak", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
+
+
+def _make_command_class(cmd):
+    def __init__(self):
+        gdb.Command.__init__(self, "memleak " + cmd.name, gdb.COMMAND_DATA, gdb.COMPLETE_EXPRESSION)
+
+    def invoke(self, arg, from_tty):
+        self.dont_repeat()
+        run_command(cmd, arg, from_tty)
+
+    return type("Memleak_" + cmd.name.replace("-", "_"), (gdb.Command,),
+                {"__doc__": cmd.help_text("memleak " + cmd.name), "__init__": __init__, "invoke": invoke})
+
+
+class _SetPrefix(gdb.Command):
+    """Settings of gdb_memleak."""
+
+    def __init__(self, verb):
+        super().__init__("%s memleak" % verb, gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
+
+
+class DebugParam(gdb.Parameter):
+    """Show Python tracebacks of gdb_memleak's internal errors."""
+    set_doc = "Set whether gdb_memleak shows tracebacks of internal errors."
+    show_doc = "Show whether gdb_memleak shows tracebacks of internal errors."
+
+    def __init__(self):
+        super().__init__("memleak debug", gdb.COMMAND_DATA, gdb.PARAM_BOOLEAN)
+        self.value = SETTINGS.debug
+
+    def get_set_string(self):
+        SETTINGS.debug = bool(self.value)
+        return ""
+
+    def get_show_string(self, svalue):
+        return "memleak debug is %s." % svalue
+
+
+class ProgressParam(gdb.Parameter):
+    """Print progress lines during work that takes over ~2 seconds."""
+    set_doc = "Set whether gdb_memleak prints progress on long work."
+    show_doc = "Show whether gdb_memleak prints progress on long work."
+
+    def __init__(self):
+        super().__init__("memleak progress", gdb.COMMAND_DATA, gdb.PARAM_BOOLEAN)
+        self.value = SETTINGS.progress
+
+    def get_set_string(self):
+        SETTINGS.progress = bool(self.value)
+        return ""
+
+    def get_show_string(self, svalue):
+        return "memleak progress is %s." % svalue
+
+
+class MaxDumpSizeParam(gdb.Parameter):
+    """Largest total 'memleak dump' writes without --force (e.g. 1G, 512M)."""
+    set_doc = "Set the largest total size 'memleak dump' writes without --force."
+    show_doc = "Show the largest total size 'memleak dump' writes without --force."
+
+    def __init__(self):
+        super().__init__("memleak max-dump-size", gdb.COMMAND_DATA, gdb.PARAM_STRING)
+        self.value = "1G"
+
+    def get_set_string(self):
+        try:
+            SETTINGS.max_dump_size = parse_size(self.value)
+        except ValueError as e:
+            self.value = human_size(SETTINGS.max_dump_size).replace(" ", "").replace("iB", "")
+            raise gdb.GdbError(str(e))
+        return ""
+
+    def get_show_string(self, svalue):
+        return "memleak max-dump-size is %s (%d bytes)." % (svalue, SETTINGS.max_dump_size)
+
+
+_REGISTERED = []
+
+
+def register():
+    if _REGISTERED:
+        return
+    _REGISTERED.append(MemleakPrefix())
+    _REGISTERED.append(_SetPrefix("set"))
+    _REGISTERED.append(_SetPrefix("show"))
+    _REGISTERED.extend([DebugParam(), ProgressParam(), MaxDumpSizeParam()])
+    for cmd in registry():
+        _REGISTERED.append(_make_command_class(cmd)())

@@ -1,0 +1,176 @@
+"""GdbTarget: the Target interface over gdb's selected inferior (live, core, or remote/vgdb)."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import gdb  # noqa: F401  (this package is the gdb adapter)
+
+from ..core.errors import MemoryReadError, TargetError
+from ..core.target import Region, Target, ThreadInfo
+from ..core.textparse import (parse_core_path_from_info_target, parse_info_auxv,
+                              parse_info_proc_mappings, parse_smaps)
+
+# general-purpose registers worth keeping per thread (roots for reachability)
+_GP_REGS = {
+    "x86-64": "rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip".split(),
+    "i386": "eax ebx ecx edx esi edi ebp esp eip".split(),
+    "aarch64": ["x%d" % i for i in range(31)] + ["sp", "pc"],
+    "arm": ["r%d" % i for i in range(13)] + ["sp", "lr", "pc"],
+}
+
+
+def _execute(cmd: str) -> str:
+    return gdb.execute(cmd, to_string=True) or ""
+
+
+def connection_kind(inferior) -> str:
+    """'live', 'core' or 'remote' for the inferior (gdb >= 12 has Inferior.connection)."""
+    conn = getattr(inferior, "connection", None)
+    ctype = getattr(conn, "type", None) if conn is not None else None
+    if ctype == "core":
+        return "core"
+    if ctype in ("remote", "extended-remote"):
+        return "remote"
+    if ctype == "native":
+        return "live"
+    info = _execute("info target")
+    if "Local core dump file" in info:
+        return "core"
+    if "Remote" in info or "remote" in info.split("\n", 1)[0]:
+        return "remote"
+    return "live"
+
+
+class GdbTarget(Target):
+    def __init__(self):
+        super().__init__()
+        inf = gdb.selected_inferior()
+        self.inferior = inf
+        if not inf.is_valid() or (inf.pid == 0 and "Local core dump file" not in _execute("info target")):
+            raise TargetError("no process or core: 'run', 'attach PID', 'core FILE' or "
+                              "'target remote | vgdb --pid=N' first")
+        self.kind = connection_kind(inf)
+        self.pid = inf.pid or None
+        self.pointer_size = gdb.lookup_type("void").pointer().sizeof
+        endian = _execute("show endian")
+        self.byteorder = "big" if "big endian" in endian else "little"
+        self.arch = self._arch_name()
+        self.executable = gdb.current_progspace().filename
+        self.core_path = None
+        self._corefile = None
+        if self.kind == "core":
+            self.core_path = parse_core_path_from_info_target(_execute("info target"))
+            if self.core_path:
+                from ..core.elfcore import CoreFile
+                self._corefile = CoreFile(self.core_path, allow_truncated=True)
+                if self._corefile.truncated_at is not None:
+                    self.warnings.append("core file %s is truncated: segments past byte %d are missing"
+                                         % (self.core_path, self._corefile.truncated_at))
+                self.pid = self.pid or self._corefile.pid
+
+    def _arch_name(self) -> str:
+        try:
+            name = gdb.selected_inferior().architecture().name()
+        except (AttributeError, gdb.error):
+            try:
+                name = gdb.selected_frame().architecture().name()
+            except gdb.error:
+                name = _execute("show architecture")
+        if "x86-64" in name or "x86_64" in name:
+            return "x86-64" if self.pointer_size == 8 else "i386"
+        if "i386" in name:
+            return "i386"
+        if "aarch64" in name:
+            return "aarch64"
+        if "arm" in name:
+            return "arm"
+        return name.strip()
+
+    def read(self, addr: int, n: int):
+        try:
+            return memoryview(self.inferior.read_memory(addr, n))
+        except gdb.MemoryError:
+            raise MemoryReadError(addr, n)
+        except (gdb.error, OverflowError, ValueError) as e:
+            raise MemoryReadError(addr, n, str(e))
+
+    # -- layout ----------------------------------------------------------
+    def _local_proc(self) -> Optional[str]:
+        if self.pid and os.path.exists("/proc/%d/smaps" % self.pid):
+            return "/proc/%d" % self.pid
+        return None
+
+    def _load_regions(self) -> List[Region]:
+        if self._corefile is not None:
+            return self._corefile.regions()
+        proc = self._local_proc()
+        if proc:
+            try:
+                with open(proc + "/smaps") as fh:
+                    regs = parse_smaps(fh.read())
+                if regs:
+                    return regs
+            except OSError:
+                pass
+        try:
+            regs = parse_info_proc_mappings(_execute("info proc mappings"))
+        except gdb.error as e:
+            raise TargetError("cannot list the mappings of this target: %s" % e)
+        if not regs:
+            raise TargetError("the target reports no mappings ('info proc mappings' is empty)")
+        return regs
+
+    def _load_auxv(self):
+        if self._corefile is not None:
+            return dict(self._corefile.auxv)
+        try:
+            return parse_info_auxv(_execute("info auxv"))
+        except gdb.error:
+            return {}
+
+    def _load_threads(self) -> List[ThreadInfo]:
+        out = []
+        try:
+            orig_thread = gdb.selected_thread()
+        except gdb.error:
+            orig_thread = None
+        if orig_thread is None:
+            return out
+        try:
+            orig_frame = gdb.selected_frame()
+        except gdb.error:
+            orig_frame = None
+        names = _GP_REGS.get(self.arch, [])
+        try:
+            for th in sorted(self.inferior.threads(), key=lambda t: t.num):
+                if not th.is_valid() or th.is_exited():
+                    continue
+                th.switch()
+                try:
+                    frame = gdb.newest_frame()
+                except gdb.error:
+                    continue
+                regs = {}
+                for r in names:
+                    try:
+                        regs[r] = int(frame.read_register(r)) & ((1 << (8 * self.pointer_size)) - 1)
+                    except (gdb.error, ValueError):
+                        pass
+                sp = int(frame.read_register("sp")) & ((1 << (8 * self.pointer_size)) - 1)
+                try:
+                    fname = frame.name()
+                except gdb.error:
+                    fname = None
+                lwp = th.ptid[1] or th.ptid[0]
+                out.append(ThreadInfo(num=th.num, lwp=lwp, sp=sp, pc=frame.pc(), name=th.name,
+                                      function=fname, regs=regs))
+        finally:
+            if orig_thread is not None and orig_thread.is_valid():
+                orig_thread.switch()
+            if orig_frame is not None and orig_frame.is_valid():
+                orig_frame.select()
+        return out
+
+    def local_path(self, path: str) -> Optional[str]:
+        return path if os.path.exists(path) else None
