@@ -1,0 +1,47 @@
+# gdb_memleak: `make demo` sets everything up and runs the main job; `make test` runs the suite.
+SHELL := /bin/bash
+ROOT  := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV  := $(ROOT)/.venv
+PY    := $(VENV)/bin/python
+BUILD := $(ROOT)/build
+STAMP := $(VENV)/.installed
+APT_PACKAGES := gdb g++ g++-multilib valgrind python3-venv python3-pip make
+
+.PHONY: install system-deps demo test bench clean
+
+install: $(STAMP)
+
+# gdb embeds its own Python (/usr/bin/python3 on Debian 12): the venv is made from *that* interpreter
+# so numpy/capstone import inside gdb; gdbinit.example puts the venv's site-packages on sys.path.
+$(STAMP): setup.cfg
+	@$(MAKE) --no-print-directory system-deps
+	@gdbpy=$$(gdb -nx -batch -ex 'python import sys; print("%s/bin/python%d.%d" % ((sys.base_prefix,) + tuple(sys.version_info[:2])))' 2>/dev/null | tail -n 1); \
+	  test -x "$$gdbpy" || { echo "cannot find gdb's Python interpreter (got '$$gdbpy')" >&2; exit 1; }; \
+	  echo "gdb's Python: $$gdbpy"; \
+	  if [ ! -x $(PY) ] || [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($$gdbpy -c 'import sys; print(sys.base_prefix)')" ]; then \
+	    rm -rf $(VENV) && $$gdbpy -m venv $(VENV); fi
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	gdb -nx -batch -ex 'source $(ROOT)/gdbinit.example' -ex 'python import numpy, elftools, capstone, tabulate' -ex 'help memleak' >/dev/null
+	@touch $(STAMP)
+
+system-deps:
+	@missing=""; \
+	  for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    if [ "$$(id -u)" != 0 ]; then echo "need root for apt-get install$$missing" >&2; exit 1; fi; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi
+
+demo: install
+	@$(PY) scripts/demo.py
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) scripts/bench_census.py
+
+clean:
+	rm -rf $(BUILD) .pytest_cache

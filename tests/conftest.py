@@ -1,0 +1,136 @@
+"""Shared test machinery: compile C/C++ fixtures, run them to their READY point, snapshot them
+(gcore and kernel cores), and drive a fresh `gdb -nx -batch` or the offline CLI per case."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+GDBINIT = os.path.join(ROOT, "gdbinit.example")
+PY = sys.executable
+
+
+def build(tmpdir, src, out_name, flags=()):
+    """Compile tests/fixtures/SRC into TMPDIR/OUT_NAME (C or C++ by extension)."""
+    out = os.path.join(str(tmpdir), out_name)
+    if os.path.exists(out):
+        return out
+    cc = "g++" if src.endswith(".cpp") else "gcc"
+    subprocess.run([cc, "-g", "-O0", "-pthread", *flags, os.path.join(FIXTURES, src), "-o", out],
+                   check=True, capture_output=True)
+    return out
+
+
+class Running:
+    """A fixture process paused at its READY point; ``truth`` is the JSON line it printed."""
+
+    def __init__(self, argv, cwd=None, core_limit=False):
+        def pre():
+            os.setsid()
+            if core_limit:
+                resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=cwd, preexec_fn=pre)
+        self.truth = None
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("fixture %s exited early (rc=%s)" % (argv, self.proc.poll()))
+            line = line.strip()
+            if line.startswith("{"):
+                self.truth = json.loads(line)
+            if line.startswith("READY"):
+                break
+        self.pid = self.proc.pid
+
+    def gcore(self, prefix):
+        subprocess.run(["gcore", "-o", prefix, str(self.pid)], check=True, capture_output=True)
+        path = "%s.%d" % (prefix, self.pid)
+        assert os.path.exists(path)
+        return path
+
+    def kernel_core(self, cwd):
+        """Kill with SIGQUIT and return the core the kernel wrote (None if cores go elsewhere)."""
+        with open("/proc/sys/kernel/core_pattern") as fh:
+            pattern = fh.read().strip()
+        if pattern.startswith("|"):
+            self.kill()
+            return None
+        os.kill(self.pid, signal.SIGQUIT)
+        self.proc.wait(timeout=60)
+        for name in ("core", "core.%d" % self.pid, pattern.replace("%p", str(self.pid))):
+            p = os.path.join(cwd, name)
+            if os.path.exists(p):
+                return p
+        return None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_gdb(*commands, exe=None, core=None, pid=None, timeout=300, source=True):
+    argv = ["gdb", "-nx", "-batch"]
+    if source:
+        argv += ["-ex", "source " + GDBINIT]
+    if pid is not None:
+        argv += ["-p", str(pid)]
+    for c in commands:
+        argv += ["-ex", c]
+    if exe:
+        argv.append(exe)
+    if core:
+        argv.append(core)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([PY, "-m", "gdb_memleak", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def load_json(path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("memleak")
+
+
+def _maps_fixture(workdir, bits):
+    flags = ("-m32",) if bits == 32 else ()
+    exe = build(workdir, "maps_fixture.c", "maps_fixture%d" % bits, flags)
+    run = Running([exe])
+    core = run.gcore(os.path.join(str(workdir), "maps%d.core" % bits))
+    return exe, run, core
+
+
+@pytest.fixture(scope="session")
+def maps64(workdir):
+    exe, run, core = _maps_fixture(workdir, 64)
+    yield exe, run, core
+    run.kill()
+
+
+@pytest.fixture(scope="session")
+def maps32(workdir):
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    try:
+        exe, run, core = _maps_fixture(workdir, 32)
+    except subprocess.CalledProcessError as e:
+        pytest.fail("-m32 build failed (make install installs g++-multilib): %s" % e.stderr)
+    yield exe, run, core
+    run.kill()

@@ -1,0 +1,105 @@
+"""Tier 1: the gdb-free core on a bytes-backed FakeTarget and captured text."""
+import struct
+
+import pytest
+
+from gdb_memleak.core.errors import MemoryReadError
+from gdb_memleak.core.maps import classify, heap_max_size
+from gdb_memleak.core.progress import iter_chunks
+from gdb_memleak.core.target import AT_RANDOM, FakeTarget, Region, ThreadInfo
+from gdb_memleak.core.textparse import (human_size, parse_core_path_from_info_target, parse_info_auxv,
+                                        parse_info_proc_mappings, parse_size, parse_smaps)
+
+SMAPS = """\
+55e240c0f000-55e240c30000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+Rss:                  12 kB
+Private_Dirty:         8 kB
+7fdc212d9000-7fdc212e9000 rw-s 00000000 00:01 5                          /SYSV00000000 (deleted)
+Rss:                  64 kB
+Private_Dirty:         4 kB
+7fdc21298000-7fdc21299000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+"""
+
+INFO_PROC = """process 1234
+Mapped address spaces:
+
+          Start Addr           End Addr       Size     Offset  Perms  objfile
+      0x555555554000     0x555555555000     0x1000        0x0  r--p   /tmp/a.out
+      0x7ffff7dd3000     0x7ffff7df9000    0x26000        0x0  r--p   /usr/lib/x86_64-linux-gnu/libc.so.6
+      0x7ffffffde000     0x7ffffffff000    0x21000        0x0  rw-p   [stack]
+"""
+
+INFO_AUXV = """33   AT_SYSINFO_EHDR      System-supplied DSO's ELF header 0x7ffff7fc1000
+6    AT_PAGESZ            System page size               4096
+25   AT_RANDOM            Address of 16 random bytes     0x7fffffffe389
+31   AT_EXECFN            File name of executable        0x7fffffffefd5 "/tmp/a.out"
+0    AT_NULL              End of vector                  0x0
+"""
+
+
+def test_parse_smaps():
+    regs = parse_smaps(SMAPS)
+    assert [r.path for r in regs] == ["[heap]", "/SYSV00000000 (deleted)", None]
+    assert regs[0].rss == 12 * 1024 and regs[0].private_dirty == 8 * 1024
+    assert regs[1].perms == "rw-s" and regs[2].perms == "---p"
+
+
+def test_parse_info_proc_mappings_and_auxv():
+    regs = parse_info_proc_mappings(INFO_PROC)
+    assert len(regs) == 3 and regs[2].path == "[stack]" and regs[0].perms == "r--p"
+    aux = parse_info_auxv(INFO_AUXV)
+    assert aux[33] == 0x7ffff7fc1000 and aux[6] == 4096 and aux[31] == 0x7fffffffefd5 and aux[25] == 0x7fffffffe389
+    text = "Local core dump file:\n\t`/tmp/core.77', file type elf64-x86-64.\n"
+    assert parse_core_path_from_info_target(text) == "/tmp/core.77"
+
+
+def test_sizes():
+    assert parse_size("64K") == 65536 and parse_size("2G") == 2 << 30 and parse_size("0x10") == 16
+    assert parse_size("1MiB") == 1 << 20
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    assert human_size(1536) == "1.5 KiB"
+
+
+def _arena_bytes(start, size, ps=8):
+    hdr = struct.pack("<4Q", start + 48, 0, size, size)  # ar_ptr just after heap_info, prev 0
+    return hdr + bytes(size - len(hdr))
+
+
+def test_classify_shapes_without_names():
+    """A core-like target: no names; arena by heap_info, guard+stack by adjacency, stack by auxv."""
+    hmax = heap_max_size(8)
+    arena = 0x7f0000000000
+    assert arena % hmax == 0
+    guard, stack = 0x7f1000000000, 0x7f1000001000
+    orphan_guard, orphan = 0x7f1000801000, 0x7f1000802000
+    main_stack = 0x7ffc00000000
+    heap = 0x555555600000
+    heap_bytes = struct.pack("<QQ", 0, 0x291) + bytes(0x21000 - 16)
+    segs = {arena: _arena_bytes(arena, 0x21000), heap: heap_bytes,
+            stack: bytes(0x800000), orphan: bytes(0x800000), main_stack: bytes(0x21000)}
+    regions = [Region(heap, heap + 0x21000, "rw-p"),
+               Region(arena, arena + 0x21000, "rw-p"), Region(arena + 0x21000, arena + hmax, "---p"),
+               Region(guard, guard + 0x1000, "---p"), Region(stack, stack + 0x800000, "rw-p"),
+               Region(orphan_guard, orphan_guard + 0x1000, "---p"), Region(orphan, orphan + 0x800000, "rw-p"),
+               Region(main_stack, main_stack + 0x21000, "rw-p")]
+    threads = [ThreadInfo(1, 100, main_stack + 0x20000, 0), ThreadInfo(2, 101, stack + 0x7ff000, 0)]
+    t = FakeTarget(segs, regions, threads, auxv={AT_RANDOM: main_stack + 0x20f00})
+    got = {m.start: (m.kind, m.owner_lwp) for m in classify(t)}
+    assert got[arena] == ("arena", None) and got[arena + 0x21000][0] == "arena"
+    assert got[guard] == ("guard", None) and got[stack] == ("thread-stack", 101)
+    assert got[orphan] == ("thread-stack", None) and got[orphan_guard][0] == "guard"
+    assert got[main_stack] == ("stack", 100)
+    assert got[heap][0] == "anon"   # no executable module known: the brk heap is not guessed
+
+
+def test_iter_chunks_skips_holes():
+    t = FakeTarget({0x10000: b"a" * 0x2000, 0x13000: b"b" * 0x1000})
+    skipped = []
+    got = [(a, bytes(d)) for a, d in iter_chunks(t, 0x10000, 0x14000, chunk=0x4000, skipped=skipped)]
+    assert got == [(0x10000, b"a" * 0x2000), (0x13000, b"b" * 0x1000)]
+    assert skipped == [(0x12000, 0x13000, "unreadable")]
+    with pytest.raises(MemoryReadError):
+        t.read(0x12000, 8)
