@@ -1,0 +1,65 @@
+"""memleak maps: every mapping, classified."""
+from __future__ import annotations
+
+from .command import Command, add_json_argument
+from .errors import UsageError
+from .maps import KINDS, classify, select, totals
+from .render import table, write_json
+from .textparse import human_size, parse_size
+
+
+def parse_kinds(text):
+    if not text:
+        return None
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise UsageError("unknown kind %s; kinds are: %s" % (", ".join(bad), ", ".join(KINDS)))
+    return kinds
+
+
+class MapsCommand(Command):
+    name = "maps"
+    summary = "List every mapping classified: heap, arena, anon, stack, thread-stack, guard, shm, file, vdso."
+
+    def add_arguments(self, p):
+        p.add_argument("--kind", metavar="KIND[,KIND]", help="only these kinds (%s)" % ",".join(KINDS))
+        p.add_argument("--min-size", metavar="SIZE", default="0", help="only mappings of at least SIZE (64K, 1M, …)")
+        p.add_argument("--sort", choices=("addr", "size", "rss"), default="addr", help="row order (default addr)")
+        add_json_argument(p)
+
+    def run(self, ctx, args):
+        kinds = parse_kinds(args.kind)
+        try:
+            min_size = parse_size(args.min_size)
+        except ValueError as e:
+            raise UsageError(str(e))
+        t = ctx.target
+        rows = select(classify(t), kinds, min_size)
+        if args.sort == "size":
+            rows.sort(key=lambda m: -m.size)
+        elif args.sort == "rss":
+            rows.sort(key=lambda m: -(m.rss or 0))
+        live = any(m.rss is not None for m in rows)
+        headers = ["start", "end", "size", "perms", "kind", "owner/path"] + (["rss", "dirty"] if live else [])
+        body = []
+        for m in rows:
+            r = ["0x%x" % m.start, "0x%x" % m.end, human_size(m.size), m.perms, m.kind,
+                 (m.name or "") + ("" if m.note is None or m.name == m.note else " (%s)" % m.note)]
+            if live:
+                r += [human_size(m.rss), human_size(m.private_dirty)]
+            body.append(r)
+        ctx.write(table(body, headers) + "\n")
+        tot = totals(rows)
+        trows = [[k, v["count"], human_size(v["size"])] + ([human_size(v["rss"])] if live else [])
+                 for k, v in sorted(tot.items(), key=lambda kv: -kv[1]["size"])]
+        all_size = sum(v["size"] for v in tot.values())
+        trows.append(["total", sum(v["count"] for v in tot.values()), human_size(all_size)]
+                     + ([human_size(sum(v["rss"] or 0 for v in tot.values()))] if live else []))
+        ctx.write("\n" + table(trows, ["kind", "count", "size"] + (["rss"] if live else [])) + "\n")
+        if args.json:
+            write_json(args.json, {
+                "target": t.describe(),
+                "mappings": [m.to_json() for m in rows],
+                "totals": {k: {"count": v["count"], "size": v["size"], "rss": v["rss"]} for k, v in tot.items()},
+            })

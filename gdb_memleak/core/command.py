@@ -1,0 +1,127 @@
+"""The command layer shared by gdb and the offline CLI: argument parsing that never exits,
+the run context, and the registry of subcommands.  Each subcommand is written once here
+(over a Target) and exposed by both front ends."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Dict, List, Optional
+
+from .errors import UsageError
+from .settings import Settings
+from .target import Target
+
+
+class HelpShown(Exception):
+    """``-h`` was given: the help text was written, nothing else to do."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting the process (gdb must survive)."""
+
+    def __init__(self, *a, out: Optional[Callable[[str], None]] = None, **kw):
+        kw.setdefault("add_help", True)
+        super().__init__(*a, **kw)
+        self._out = out
+
+    def error(self, message):
+        raise UsageError("%s: %s (see 'help %s')" % (self.prog, message, self.prog))
+
+    def exit(self, status=0, message=None):
+        if status:
+            raise UsageError((message or "%s: bad arguments" % self.prog).strip())
+        raise HelpShown()
+
+    def _print_message(self, message, file=None):
+        if message and self._out is not None:
+            self._out(message)
+
+
+class Context:
+    """What a command runs against: the target, settings, output sinks and address evaluation."""
+
+    def __init__(self, target_factory: Callable[[], Target], settings: Settings,
+                 write: Callable[[str], None], warn: Callable[[str], None],
+                 evaluate: Callable[[str], int], front: str):
+        self._target_factory = target_factory
+        self._target: Optional[Target] = None
+        self.settings = settings
+        self.write = write
+        self.warn = warn
+        self.evaluate = evaluate
+        self.front = front        # "gdb" or "cli"
+
+    @property
+    def target(self) -> Target:
+        if self._target is None:
+            self._target = self._target_factory()
+            for w in self._target.warnings:
+                self.warn("warning: " + w)
+        return self._target
+
+    def progress_sink(self):
+        return self.warn if self.settings.progress else None
+
+
+def parse_int(text: str) -> int:
+    """Offline address/number syntax: hex (0x…) or decimal."""
+    try:
+        return int(str(text).replace("_", ""), 0)
+    except ValueError:
+        raise UsageError("not an address: %r (offline, use hex like 0x1f3a000 or decimal)" % text)
+
+
+class Command:
+    name = ""
+    summary = ""
+    description = ""
+
+    def build_parser(self, prog: str, out=None) -> ArgParser:
+        p = ArgParser(prog=prog, description=self.description or self.summary, out=out)
+        self.add_arguments(p)
+        return p
+
+    def add_arguments(self, p: ArgParser):
+        pass
+
+    def run(self, ctx: Context, args) -> None:
+        raise NotImplementedError
+
+    def help_text(self, prog: str) -> str:
+        """gdb's help: a summary line, then Usage: with UPPERCASE metavariables."""
+        p = self.build_parser(prog)
+        raw_usage = p.format_usage()
+        body = p.format_help()[len(raw_usage):]
+        usage = raw_usage.strip()
+        if usage.lower().startswith("usage:"):
+            usage = "Usage:" + usage[6:]
+        return "%s\n%s\n%s" % (self.summary, usage, body.rstrip())
+
+
+def registry() -> List[Command]:
+    from . import cmd_maps, cmd_dump
+    return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand()]
+
+
+def by_name() -> Dict[str, Command]:
+    return {c.name: c for c in registry()}
+
+
+def add_json_argument(p: ArgParser):
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+
+
+def add_range_arguments(p: ArgParser):
+    p.add_argument("start", nargs="?", metavar="START", help="start address (a gdb expression inside gdb)")
+    p.add_argument("end", nargs="?", metavar="END", help="end address, exclusive")
+
+
+def resolve_range(ctx: Context, args):
+    """Evaluate START END; None when neither is given."""
+    if args.start is None and args.end is None:
+        return None
+    if args.start is None or args.end is None:
+        raise UsageError("give both START and END")
+    start, end = ctx.evaluate(args.start), ctx.evaluate(args.end)
+    if end <= start:
+        raise UsageError("empty or reversed range 0x%x-0x%x: END must be above START" % (start, end))
+    return start, end

@@ -1,0 +1,207 @@
+"""Classify every mapping of a target: heap, arena, anon, stack, thread-stack, guard, shm, file,
+vdso/vvar/vsyscall.  Works from names when the target has them (live) and from shape,
+adjacency, auxv and glibc's own structures when it does not (cores)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .errors import MemoryReadError
+from .target import AT_EXECFN, AT_RANDOM, AT_SYSINFO_EHDR, Region, Target
+
+KINDS = ("heap", "arena", "anon", "stack", "thread-stack", "guard", "shm", "file",
+         "vdso", "vvar", "vsyscall")
+ANON_KINDS = ("heap", "arena", "anon")
+GUARD_MAX = 1 << 20           # a guard larger than this is not a stack guard
+VSYSCALL = 0xffffffffff600000
+
+
+@dataclass
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    kind: str
+    path: Optional[str] = None
+    owner_lwp: Optional[int] = None
+    rss: Optional[int] = None
+    private_dirty: Optional[int] = None
+    offset: int = 0
+    note: Optional[str] = None
+    readable_end: Optional[int] = None   # bytes above this are not in the core
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def name(self) -> Optional[str]:
+        """What the owner/path column shows."""
+        if self.owner_lwp is not None:
+            return "LWP %d" % self.owner_lwp
+        if self.path:
+            return self.path
+        return self.note
+
+    def to_json(self) -> dict:
+        return {"start": hex(self.start), "end": hex(self.end), "size": self.size, "perms": self.perms,
+                "kind": self.kind, "path": self.path or None, "owner_lwp": self.owner_lwp,
+                "rss": self.rss, "private_dirty": self.private_dirty, "note": self.note}
+
+
+def heap_max_size(pointer_size: int) -> int:
+    """glibc HEAP_MAX_SIZE: 2 * DEFAULT_MMAP_THRESHOLD_MAX."""
+    return 64 << 20 if pointer_size == 8 else 1 << 20
+
+
+def _is_anonymous(r: Region) -> bool:
+    return not r.path
+
+
+def _writable(r: Region) -> bool:
+    return "w" in r.perms[:3]
+
+
+def _name_kind(r: Region) -> Optional[str]:
+    p = r.path or ""
+    if not p:
+        return None
+    if p == "[heap]":
+        return "heap"
+    if p == "[stack]" or p.startswith("[stack:"):
+        return "stack" if p == "[stack]" else "thread-stack"
+    if p == "[vdso]":
+        return "vdso"
+    if p.startswith("[vvar"):
+        return "vvar"
+    if p == "[vsyscall]":
+        return "vsyscall"
+    shared = r.perms.endswith("s")
+    if p.startswith("/SYSV") or p.startswith("/dev/shm/") or p.startswith("[anon_shmem") or (
+            shared and ("(deleted)" in p or p.startswith("/memfd:") or p.startswith("/dev/zero"))):
+        return "shm"
+    if p.startswith("[anon:"):
+        return "anon"
+    return "file"
+
+
+def looks_like_arena(target: Target, r: Region) -> bool:
+    """A glibc non-main heap: HEAP_MAX-aligned, heap_info{ar_ptr, prev, size, mprotect_size} consistent."""
+    hmax = heap_max_size(target.pointer_size)
+    if r.start % hmax or not _writable(r) or r.size > hmax:
+        return False
+    try:
+        ar_ptr, prev, size, mprotect_size = target.read_words(r.start, 4)
+    except MemoryReadError:
+        return False
+    ps = target.pointer_size
+    if not (0 < size <= mprotect_size <= hmax and size <= r.size + 4096):
+        return False
+    if prev != 0 and prev % hmax:
+        return False
+    if ar_ptr % ps or ar_ptr == 0:
+        return False
+    # first heap of an arena holds its malloc_state right after heap_info
+    return prev != 0 or r.start < ar_ptr < r.start + 128
+
+
+def looks_like_main_heap(target: Target, r: Region) -> bool:
+    """The brk heap starts with a malloc chunk: prev_size 0 and a sane size with PREV_INUSE set."""
+    ps = target.pointer_size
+    for first in (r.start, r.start + 8) if ps == 4 else (r.start,):
+        try:
+            prev_size, size = target.read_words(first, 2)
+        except MemoryReadError:
+            return False
+        csize = size & ~7
+        if prev_size == 0 and size & 1 and 4 * ps <= csize <= r.size and csize % (2 * ps) == 0:
+            return True
+    return False
+
+
+def classify(target: Target) -> List[Mapping]:
+    regions = target.regions()
+    threads = target.threads()
+    auxv = target.auxv()
+    out = [Mapping(r.start, r.end, r.perms, _name_kind(r) or "anon", r.path or None, rss=r.rss,
+                   private_dirty=r.private_dirty, offset=r.offset,
+                   readable_end=r.data_end) for r in regions]
+    by_start = {m.start: m for m in out}
+    by_end = {m.end: m for m in out}
+
+    def containing(addr):
+        for m in out:
+            if m.start <= addr < m.end:
+                return m
+        return None
+
+    # Cores carry no names for the special mappings: recover them.
+    vd = auxv.get(AT_SYSINFO_EHDR)
+    if vd:
+        m = containing(vd)
+        if m and not m.path:
+            m.kind, m.path = "vdso", "[vdso]"
+    m = containing(VSYSCALL) if target.pointer_size == 8 else None
+    if m and not m.path:
+        m.kind, m.path = "vsyscall", "[vsyscall]"
+    if not any(m.kind == "stack" for m in out):
+        for key in (AT_RANDOM, AT_EXECFN):
+            m = containing(auxv[key]) if key in auxv else None
+            if m and not m.path:
+                m.kind, m.path = "stack", "[stack]"
+                break
+
+    # arenas (rw part + the PROT_NONE reserve that follows up to HEAP_MAX)
+    hmax = heap_max_size(target.pointer_size)
+    for m in out:
+        if m.kind == "anon" and looks_like_arena(target, m):
+            m.kind = "arena"
+            tail = by_start.get(m.end)
+            if tail and tail.kind == "anon" and not _writable(tail) and tail.end <= m.start + hmax:
+                tail.kind, tail.note = "arena", "reserved"
+
+    if not any(m.kind == "heap" for m in out):
+        exe_end = max((mod.end for mod in target.modules() if mod.is_main), default=None)
+        if exe_end is not None:
+            for m in sorted(out, key=lambda x: x.start):
+                if (m.kind == "anon" and _writable(m) and exe_end <= m.start < exe_end + (1 << 30)
+                        and looks_like_main_heap(target, m)):
+                    m.kind, m.path = "heap", "[heap]"
+                    break
+
+    # stacks owned by a thread's SP
+    for t in threads:
+        m = containing(t.sp)
+        if m is None:
+            continue
+        if m.kind in ("stack", "thread-stack", "anon"):
+            if m.kind == "anon":
+                m.kind = "thread-stack"
+            if m.owner_lwp is None:
+                m.owner_lwp = t.lwp
+    # guards below stacks, and stack-shaped anonymous memory nobody owns
+    for m in out:
+        below = by_end.get(m.start)
+        guard_like = (below is not None and below.kind == "anon" and not below.path
+                      and not _writable(below) and below.size <= GUARD_MAX)
+        if m.kind == "thread-stack" and guard_like:
+            below.kind = "guard"
+        elif m.kind == "anon" and _writable(m) and guard_like and m.size >= 16384 and m.owner_lwp is None:
+            m.kind, m.note = "thread-stack", "no thread"
+            below.kind = "guard"
+    return out
+
+
+def totals(mappings: List[Mapping]) -> Dict[str, dict]:
+    out: Dict[str, dict] = {}
+    for m in mappings:
+        t = out.setdefault(m.kind, {"count": 0, "size": 0, "rss": None})
+        t["count"] += 1
+        t["size"] += m.size
+        if m.rss is not None:
+            t["rss"] = (t["rss"] or 0) + m.rss
+    return out
+
+
+def select(mappings: List[Mapping], kinds=None, min_size: int = 0) -> List[Mapping]:
+    return [m for m in mappings if (not kinds or m.kind in kinds) and m.size >= min_size]

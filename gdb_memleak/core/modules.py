@@ -1,0 +1,132 @@
+"""Loaded modules (executable + shared libraries) found from the mappings and the ELF headers
+in the target's own memory: load bias and build-id without gdb or debug info."""
+from __future__ import annotations
+
+import struct
+from typing import Dict, List, Optional
+
+from .errors import MemoryReadError
+from .target import AT_PHDR, Module, Target
+
+PT_LOAD, PT_NOTE = 1, 4
+NT_GNU_BUILD_ID = 3
+
+
+def _parse_notes_for_build_id(data: bytes, e: str) -> Optional[str]:
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from(e + "III", data, pos)
+        pos += 12
+        name = data[pos:pos + namesz]
+        pos += (namesz + 3) & ~3
+        desc = data[pos:pos + descsz]
+        pos += (descsz + 3) & ~3
+        if ntype == NT_GNU_BUILD_ID and name.rstrip(b"\0") == b"GNU":
+            return desc.hex()
+    return None
+
+
+def parse_elf_header(read, base: int):
+    """(elfclass, endian, e_type, phdrs[(type, offset, vaddr, filesz, memsz)]) from ``read(addr, n)``."""
+    ident = bytes(read(base, 64))
+    if ident[:4] != b"\x7fELF":
+        return None
+    cls = 8 if ident[4] == 2 else 4
+    e = "<" if ident[5] == 1 else ">"
+    if cls == 8:
+        e_type, = struct.unpack_from(e + "H", ident, 16)
+        e_phoff, = struct.unpack_from(e + "Q", ident, 32)
+        e_phentsize, e_phnum = struct.unpack_from(e + "HH", ident, 54)
+    else:
+        e_type, = struct.unpack_from(e + "H", ident, 16)
+        e_phoff, = struct.unpack_from(e + "I", ident, 28)
+        e_phentsize, e_phnum = struct.unpack_from(e + "HH", ident, 42)
+    if e_phnum == 0 or e_phnum > 256 or e_phentsize < (56 if cls == 8 else 32):
+        return cls, e, e_type, []
+    raw = bytes(read(base + e_phoff, e_phentsize * e_phnum))
+    phdrs = []
+    for i in range(e_phnum):
+        o = i * e_phentsize
+        if cls == 8:
+            p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz = struct.unpack_from(e + "IIQQQQQ", raw, o)
+        else:
+            p_type, p_offset, p_vaddr, _paddr, p_filesz, p_memsz = struct.unpack_from(e + "IIIIII", raw, o)
+        phdrs.append((p_type, p_offset, p_vaddr, p_filesz, p_memsz))
+    return cls, e, e_type, phdrs
+
+
+def file_build_id(path: str) -> Optional[str]:
+    """Build-id of an ELF file on disk (None when it has none or is not ELF)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    def read(addr, n):
+        if addr + n > len(data):
+            raise MemoryReadError(addr, n)
+        return data[addr:addr + n]
+    try:
+        hdr = parse_elf_header(read, 0)
+    except (MemoryReadError, struct.error):
+        return None
+    if not hdr:
+        return None
+    _cls, e, _t, phdrs = hdr
+    for p_type, p_offset, _v, p_filesz, _m in phdrs:
+        if p_type == PT_NOTE:
+            bid = _parse_notes_for_build_id(data[p_offset:p_offset + p_filesz], e)
+            if bid:
+                return bid
+    return None
+
+
+def find_modules(target: Target) -> List[Module]:
+    by_path: Dict[str, List] = {}
+    for r in target.regions():
+        if r.path and r.path.startswith("/") and not r.path.startswith(("/SYSV", "/dev/")):
+            by_path.setdefault(r.path, []).append(r)
+    phdr_addr = target.auxv().get(AT_PHDR)
+    exe = getattr(target, "executable", None)
+    out: List[Module] = []
+    for path, regs in by_path.items():
+        start = min(r.start for r in regs)
+        end = max(r.end for r in regs)
+        base_regs = [r for r in regs if r.offset == 0] or regs
+        base = min(r.start for r in base_regs)
+        bias, build_id = base, None
+        try:
+            hdr = parse_elf_header(target.read, base)
+        except (MemoryReadError, struct.error):
+            hdr = None
+        if hdr is None:
+            continue  # a mapped data file, not a module
+        _cls, e, e_type, phdrs = hdr
+        loads = [p for p in phdrs if p[0] == PT_LOAD]
+        if loads:
+            first_vaddr = min(p[2] for p in loads) & ~0xFFF
+            bias = base - first_vaddr
+        for p_type, _off, vaddr, filesz, _memsz in phdrs:
+            if p_type == PT_NOTE and filesz < 65536:
+                try:
+                    build_id = _parse_notes_for_build_id(bytes(target.read(bias + vaddr, filesz)), e)
+                except MemoryReadError:
+                    build_id = None
+                if build_id:
+                    break
+        if build_id is None and hasattr(target, "local_path"):
+            local = target.local_path(path)
+            build_id = file_build_id(local) if local else None
+        elif build_id is None:
+            build_id = file_build_id(path)
+        is_main = (phdr_addr is not None and start <= phdr_addr < end) or (
+            phdr_addr is None and exe is not None and path == exe)
+        out.append(Module(path, start, end, bias, build_id, is_main))
+    out.sort(key=lambda m: m.start)
+    if out and not any(m.is_main for m in out):
+        # no auxv: the lowest ET_EXEC/ET_DYN that is not a shared library by name
+        for m in out:
+            if ".so" not in m.name:
+                m.is_main = True
+                break
+    return out
