@@ -98,8 +98,8 @@ class Command:
 
 
 def registry() -> List[Command]:
-    from . import cmd_maps, cmd_dump
-    return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand()]
+    from . import cmd_census, cmd_dump, cmd_maps
+    return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand(), cmd_census.CensusCommand()]
 
 
 def by_name() -> Dict[str, Command]:

@@ -27,7 +27,7 @@ def _parse_notes_for_build_id(data: bytes, e: str) -> Optional[str]:
 
 
 def parse_elf_header(read, base: int):
-    """(elfclass, endian, e_type, phdrs[(type, offset, vaddr, filesz, memsz)]) from ``read(addr, n)``."""
+    """(elfclass, endian, e_type, phdrs[(type, offset, vaddr, filesz, memsz, flags)]) from ``read(addr, n)``."""
     ident = bytes(read(base, 64))
     if ident[:4] != b"\x7fELF":
         return None
@@ -48,10 +48,10 @@ def parse_elf_header(read, base: int):
     for i in range(e_phnum):
         o = i * e_phentsize
         if cls == 8:
-            p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz = struct.unpack_from(e + "IIQQQQQ", raw, o)
+            p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz = struct.unpack_from(e + "IIQQQQQ", raw, o)
         else:
-            p_type, p_offset, p_vaddr, _paddr, p_filesz, p_memsz = struct.unpack_from(e + "IIIIII", raw, o)
-        phdrs.append((p_type, p_offset, p_vaddr, p_filesz, p_memsz))
+            p_type, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, p_flags = struct.unpack_from(e + "IIIIIII", raw, o)
+        phdrs.append((p_type, p_offset, p_vaddr, p_filesz, p_memsz, p_flags))
     return cls, e, e_type, phdrs
 
 
@@ -73,7 +73,7 @@ def file_build_id(path: str) -> Optional[str]:
     if not hdr:
         return None
     _cls, e, _t, phdrs = hdr
-    for p_type, p_offset, _v, p_filesz, _m in phdrs:
+    for p_type, p_offset, _v, p_filesz, _m, _f in phdrs:
         if p_type == PT_NOTE:
             bid = _parse_notes_for_build_id(data[p_offset:p_offset + p_filesz], e)
             if bid:
@@ -106,7 +106,8 @@ def find_modules(target: Target) -> List[Module]:
         if loads:
             first_vaddr = min(p[2] for p in loads) & ~0xFFF
             bias = base - first_vaddr
-        for p_type, _off, vaddr, filesz, _memsz in phdrs:
+        segments = [(bias + p[2], bias + p[2] + p[4], p[5]) for p in loads]
+        for p_type, _off, vaddr, filesz, _memsz, _flags in phdrs:
             if p_type == PT_NOTE and filesz < 65536:
                 try:
                     build_id = _parse_notes_for_build_id(bytes(target.read(bias + vaddr, filesz)), e)
@@ -121,7 +122,7 @@ def find_modules(target: Target) -> List[Module]:
             build_id = file_build_id(path)
         is_main = (phdr_addr is not None and start <= phdr_addr < end) or (
             phdr_addr is None and exe is not None and path == exe)
-        out.append(Module(path, start, end, bias, build_id, is_main))
+        out.append(Module(path, start, end, bias, build_id, is_main, segments))
     out.sort(key=lambda m: m.start)
     if out and not any(m.is_main for m in out):
         # no auxv: the lowest ET_EXEC/ET_DYN that is not a shared library by name

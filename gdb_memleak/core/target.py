@@ -61,6 +61,7 @@ class Module:
     load_bias: int
     build_id: Optional[str] = None
     is_main: bool = False
+    segments: List[Tuple[int, int, int]] = field(default_factory=list)  # (start, end, PF_* flags) at run time
 
     @property
     def name(self) -> str:
