@@ -91,7 +91,8 @@ def _walk(buf, base: int, first: int, end: int, p: _Params):
             return addrs, sizes, pbits, a, "chunk header at 0x%x is outside readable memory" % a
         sf = unpack(buf, off)[0]
         cs = sf & ~7
-        if cs < p.minsize or cs % p.align and cs != 2 * ps or a + cs > limit:
+        # sizes are MALLOC_ALIGNMENT multiples, except top's on i386 (it ends at the page-aligned end)
+        if cs < p.minsize or (cs % p.align and a + cs != limit and cs != 2 * ps) or a + cs > limit:
             if cs == 2 * ps and a + cs <= limit:     # fencepost at the end of an old heap
                 return addrs, sizes, pbits, limit, None
             return addrs, sizes, pbits, a, "bad chunk size 0x%x at 0x%x" % (sf, a)
@@ -147,8 +148,10 @@ class HeapWalker:
         end = min(m.start + size, m.end)
         # the first chunk follows heap_info (and malloc_state in an arena's first heap): find the
         # 16-aligned offset from which the walk ends exactly at the heap's end
+        # chunk headers sit where the user pointer (chunk + 2*SIZE_SZ) is MALLOC_ALIGNMENT-aligned
         lo = m.start + 4 * ps
-        cands = range((lo + 15) & ~15, min(m.start + 4096, end), 16)
+        first = ((lo + 2 * ps + 15) & ~15) - 2 * ps
+        cands = range(first, min(m.start + 4096, end), 16)
         for c in cands:
             sf = struct.unpack_from(self.p.word, buf, c - m.start + ps)[0]
             if not sf & PREV_INUSE or (sf & ~7) < self.p.minsize:
