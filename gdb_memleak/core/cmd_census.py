@@ -6,20 +6,12 @@ import time
 
 from .command import Command, add_json_argument, add_range_arguments, resolve_range
 from .errors import MemleakError, UsageError
-from .heap import walk_heap
+from .heap import heap_ranges, walk_heap
 from .maps import classify
 from .progress import Progress
 from .render import table, write_json
 from .textparse import human_size
 from .vtables import build_index
-
-
-def heap_ranges(maps, heap):
-    """Main heap, arena heaps (rw parts) and mmapped chunks."""
-    out = [(s.start, s.end) for s in heap.segments]
-    if not out:
-        out = [(m.start, m.end) for m in maps if m.kind in ("heap", "arena") and "w" in m.perms[:3]]
-    return sorted(out)
 
 
 class CensusCommand(Command):
@@ -53,14 +45,14 @@ class CensusCommand(Command):
         t0 = time.monotonic()
         maps = classify(t)
         heap = None
-        if args.heap or args.at_chunk_start:
+        if args.at_chunk_start:
             heap = walk_heap(t, maps)
         if rng:
             if not any(m.start < rng[1] and rng[0] < m.end for m in maps):
                 raise MemleakError("0x%x-0x%x is not mapped in the target (see 'memleak maps')" % rng)
             ranges, label = [rng], {"start": hex(rng[0]), "end": hex(rng[1])}
         elif args.heap:
-            ranges, label = heap_ranges(maps, heap), {"heap": True}
+            ranges, label = heap_ranges(t, maps), {"heap": True}
         elif args.anon:
             ranges = [(m.start, m.end) for m in maps if m.kind in ("heap", "arena", "anon") and "w" in m.perms[:3]]
             label = {"anon": True}

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - exercised by the dependency check
     ELFError = Exception
 
 NT_PRSTATUS, NT_PRPSINFO, NT_AUXV, NT_FILE = 1, 3, 6, 0x46494C45
+BIG_READ = 256 << 10
 
 # (e_machine, class) -> (arch, prstatus pid offset, pr_reg offset, register names)
 _X86_64_REGS = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs "
@@ -297,6 +298,9 @@ class CoreTarget(Target):
             if addr + n <= s.vaddr + avail:
                 off = s.offset + (addr - s.vaddr)
                 if off + n <= self.core.file_size:
+                    if n >= BIG_READ:
+                        # pread into a fresh buffer: mmapped pages would stay in our RSS
+                        return memoryview(os.pread(self.core._fh.fileno(), n, off))
                     return memoryview(self.core.map)[off:off + n]
             elif addr < s.vaddr + avail:
                 # spans segments (adjacent PT_LOADs) or runs off the data: assemble piecewise

@@ -9,6 +9,7 @@ heap, its malloc_state; tcache_perthread_struct {u16 counts[64]; entry *entries[
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -82,7 +83,7 @@ def _walk(buf, base: int, first: int, end: int, p: _Params):
     """Step chunk headers from ``first``; returns (addrs, sizes, pbits, stopped_at, finding)."""
     ps = p.ps
     unpack = struct.Struct(p.word).unpack_from
-    addrs, sizes, pbits = [], [], []
+    addrs, sizes, pbits = array("Q"), array("Q"), bytearray()
     a = first
     limit = end
     while a < limit:
@@ -197,18 +198,18 @@ class HeapWalker:
                 break
             a = nxt
         if addrs:
-            self._add("mmapped", m.start, addrs[0], a, None, addrs, sizes, [1] * len(addrs), None, mmapped=True)
+            self._add("mmapped", m.start, addrs[0], a, None, addrs, sizes, None, None, mmapped=True)
 
     def _add(self, kind, start, first, end, arena, addrs, sizes, pbits, buf, mmapped=False):
         if not addrs:
             return
         seg = HeapSegment(kind, start, first, end, arena)
         if mmapped:
-            inuse = [1] * len(addrs)
+            inuse = bytes([1]) * len(addrs)
         else:
             # the last chunk is top: free by definition, not an allocation
             seg.top, seg.top_size = addrs[-1], sizes[-1]
-            inuse = pbits[1:]
+            inuse = bytes(pbits[1:])
             addrs, sizes = addrs[:-1], sizes[:-1]
         self.segments.append(seg)
         self.chunks.append((addrs, sizes, inuse))
@@ -339,11 +340,13 @@ class HeapWalker:
                 self.walk_main(m)
             elif m.kind == "arena" and m.note != "reserved":
                 self.walk_arena(m)
-            elif m.kind == "anon" and "w" in m.perms[:3]:
+            elif m.kind == "anon" and "w" in m.perms[:3] and is_mmapped_chunk_start(self.t, m):
                 self.walk_mmapped(m)
-        addrs = np.array([a for c in self.chunks for a in c[0]], dtype=np.uint64)
-        sizes = np.array([s for c in self.chunks for s in c[1]], dtype=np.uint64)
-        inuse = np.array([u for c in self.chunks for u in c[2]], dtype=bool)
+        def cat(k, dt):
+            parts = [np.frombuffer(c[k], dtype=dt) if isinstance(c[k], (array, bytearray, bytes))
+                     else np.asarray(c[k], dtype=dt) for c in self.chunks]
+            return np.concatenate(parts).astype(dt) if parts else np.zeros(0, dtype=dt)
+        addrs, sizes, inuse = cat(0, np.uint64), cat(1, np.uint64), cat(2, np.uint8).astype(bool)
         order = np.argsort(addrs, kind="stable")
         free = np.where(inuse[order], 0, FREE_BITS).astype(np.int8)
         heap = Heap(self.segments, addrs[order], sizes[order], free, self.p.ps, self.findings)
@@ -351,6 +354,28 @@ class HeapWalker:
         self.mark_fastbins(heap)
         self.bufs.clear()
         return heap
+
+
+def is_mmapped_chunk_start(target: Target, m: Mapping) -> bool:
+    """Does an anonymous mapping start with a glibc mmapped chunk (IS_MMAPPED, small prev_size)?"""
+    ps = target.pointer_size
+    head = target.try_read(m.start, 2 * ps)
+    if head is None:
+        return False
+    prev, sf = struct.unpack("<2" + ("Q" if ps == 8 else "I"), bytes(head))
+    cs = sf & ~7
+    return bool(sf & IS_MMAPPED) and prev % 16 == 0 and prev < 4096 and 4 * ps <= cs <= m.size
+
+
+def heap_ranges(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
+    """Memory malloc owns, without walking it: main heap, arena heaps' rw parts, mmapped chunks."""
+    out = []
+    for m in maps:
+        if m.kind in ("heap", "arena") and "w" in m.perms[:3]:
+            out.append((m.start, m.end))
+        elif m.kind == "anon" and "w" in m.perms[:3] and is_mmapped_chunk_start(target, m):
+            out.append((m.start, m.end))
+    return sorted(out)
 
 
 def walk_heap(target: Target, maps: Optional[List[Mapping]] = None) -> Heap:

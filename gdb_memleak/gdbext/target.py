@@ -173,4 +173,20 @@ class GdbTarget(Target):
         return out
 
     def local_path(self, path: str) -> Optional[str]:
+        """The file gdb itself loaded for a mapped module (honours sysroot/solib-search-path and
+        an executable given elsewhere than the core recorded), else the path as mapped."""
+        if not hasattr(self, "_objfile_by_name"):
+            table = {}
+            for obj in gdb.objfiles():
+                fn = getattr(obj, "filename", None)
+                if fn and os.path.exists(fn):
+                    table.setdefault(os.path.basename(fn), fn)
+            self._objfile_by_name = table
+        mains = [m for m in (self._modules or []) if m.is_main and m.path == path]
+        if (mains or (self._corefile is not None and path == self._corefile.main_executable_path())) \
+                and self.executable and os.path.exists(self.executable):
+            return self.executable
+        found = self._objfile_by_name.get(os.path.basename(path))
+        if found:
+            return found
         return path if os.path.exists(path) else None
