@@ -74,7 +74,7 @@ def main():
         # the manual method on a range of the heap
         maps = os.path.join(work, "m.json")
         subprocess.run([PY, "-m", "gdb_memleak", "--core", core, "maps", "--kind", "heap", "--json", maps],
-                       check=True, cwd=ROOT)
+                       check=True, cwd=ROOT, capture_output=True)
         heap = json.load(open(maps))["mappings"][0]
         start = int(heap["start"], 16) + (1 << 20)
         n = (a.manual_mib << 20) // 8

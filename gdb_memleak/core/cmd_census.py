@@ -82,6 +82,11 @@ class CensusCommand(Command):
                 continue
             rows.append((vc, c))
         rows.sort(key=lambda r: (-r[1].count, -r[1].embedded, r[0].name))
+        for vc, c in rows[:args.top or None]:
+            if not c.sizes:     # no chunk sizes (plain scan): sizeof from debug info, when gdb has it
+                sz = t.type_size(vc.name)
+                if sz:
+                    c.sizes[sz] = 1
         shown = rows[:args.top] if args.top else rows
         second = "embedded" if args.at_chunk_start else "secondary"
         body = []

@@ -5,11 +5,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
+import struct
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .elfcore import ELFError, ELFFile, _require_elftools
 
 _SYM64 = [("st_name", "u4"), ("st_info", "u1"), ("st_other", "u1"), ("st_shndx", "u2"),
           ("st_value", "u8"), ("st_size", "u8")]
@@ -19,13 +19,50 @@ _SYM32 = [("st_name", "u4"), ("st_value", "u4"), ("st_size", "u4"), ("st_info", 
 _CACHE: Dict[Tuple[str, Tuple[bytes, ...]], List[Tuple[str, int, int]]] = {}
 
 
+SHT_SYMTAB, SHT_DYNSYM = 2, 11
+
+
+def _symbol_tables(mm):
+    """(sym offset, count, strtab offset, strtab size, dtype) of .symtab and .dynsym, straight from
+    the section header table (pyelftools parses every header through construct: far slower)."""
+    if len(mm) < 64 or mm[:4] != b"\x7fELF":
+        return []
+    is64 = mm[4] == 2
+    e = "<" if mm[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(e + "Q", mm, 40)
+        shentsize, shnum = struct.unpack_from(e + "HH", mm, 58)
+        shfmt = e + "IIQQQQIIQQ"
+    else:
+        shoff, = struct.unpack_from(e + "I", mm, 32)
+        shentsize, shnum = struct.unpack_from(e + "HH", mm, 46)
+        shfmt = e + "IIIIIIIIII"
+    if not shoff or shoff + shentsize * shnum > len(mm):
+        return []
+    hdrs = []
+    for i in range(shnum):
+        f = struct.unpack_from(shfmt, mm, shoff + i * shentsize)
+        # name, type, flags, addr, offset, size, link, info, addralign, entsize
+        hdrs.append((f[1], f[4], f[5], f[6]))
+    dt = np.dtype([(n, e + t) for n, t in (_SYM64 if is64 else _SYM32)])
+    out = []
+    for typ in (SHT_SYMTAB, SHT_DYNSYM):
+        for sh_type, off, size, link in hdrs:
+            if sh_type != typ or link >= len(hdrs):
+                continue
+            _t, soff, ssize, _l = hdrs[link]
+            count = size // dt.itemsize
+            if count and off + count * dt.itemsize <= len(mm) and soff + ssize <= len(mm):
+                out.append((off, count, soff, ssize, dt))
+    return out
+
+
 def symbols_with_prefix(path: str, prefixes=(b"_ZTV", b"_ZTI")) -> List[Tuple[str, int, int]]:
     """(name, st_value, st_size) of the defined symbols of ``path`` whose names start with one of
     ``prefixes`` (.symtab and .dynsym, deduplicated).  Empty when the file is not ELF."""
     key = (path, tuple(prefixes))
     if key in _CACHE:
         return _CACHE[key]
-    _require_elftools()
     out: Dict[Tuple[str, int], int] = {}
     try:
         fh = open(path, "rb")
@@ -39,19 +76,9 @@ def symbols_with_prefix(path: str, prefixes=(b"_ZTV", b"_ZTI")) -> List[Tuple[st
             _CACHE[key] = []
             return []
         try:
-            elf = ELFFile(fh)
-            e = "<" if elf.little_endian else ">"
-            dt = np.dtype([(n, e + t) for n, t in (_SYM64 if elf.elfclass == 64 else _SYM32)])
-            for secname in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(secname)
-                if sec is None or sec["sh_type"] == "SHT_NOBITS":
-                    continue
-                strsec = elf.get_section(sec["sh_link"])
-                count = sec["sh_size"] // dt.itemsize
-                if count == 0 or sec["sh_offset"] + count * dt.itemsize > len(mm):
-                    continue
-                syms = np.frombuffer(mm, dtype=dt, count=count, offset=sec["sh_offset"])
-                strs = np.frombuffer(mm, dtype=np.uint8, count=strsec["sh_size"], offset=strsec["sh_offset"])
+            for sym_off, count, str_off, str_size, dt in _symbol_tables(mm):
+                syms = np.frombuffer(mm, dtype=dt, count=count, offset=sym_off)
+                strs = np.frombuffer(mm, dtype=np.uint8, count=str_size, offset=str_off)
                 names = syms["st_name"].astype(np.int64)
                 ok = (syms["st_shndx"] != 0) & (syms["st_value"] != 0) & (names + 5 < len(strs))
                 sel = np.nonzero(ok)[0]
@@ -68,7 +95,7 @@ def symbols_with_prefix(path: str, prefixes=(b"_ZTV", b"_ZTI")) -> List[Tuple[st
                     name = raw[start:raw.index(b"\0", start)].decode("ascii", "replace")
                     out[(name, int(syms["st_value"][j]))] = int(syms["st_size"][j])
                 del syms, strs
-        except (ELFError, ValueError, KeyError):
+        except (ValueError, KeyError, struct.error):
             pass
         finally:
             try:

@@ -152,6 +152,10 @@ class Target:
             return regs[i]
         return None
 
+    def type_size(self, name: str) -> Optional[int]:
+        """sizeof(name) from debug info when the target has it (gdb); None otherwise."""
+        return None
+
     def describe(self) -> dict:
         return {"kind": self.kind, "pid": self.pid, "pointer_size": self.pointer_size,
                 "arch": self.arch, "byteorder": self.byteorder,

@@ -172,6 +172,12 @@ class GdbTarget(Target):
                 orig_frame.select()
         return out
 
+    def type_size(self, name: str) -> Optional[int]:
+        try:
+            return gdb.lookup_type(name).sizeof
+        except (gdb.error, RuntimeError):
+            return None
+
     def local_path(self, path: str) -> Optional[str]:
         """The file gdb itself loaded for a mapped module (honours sysroot/solib-search-path and
         an executable given elsewhere than the core recorded), else the path as mapped."""
