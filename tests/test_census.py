@@ -127,3 +127,24 @@ def test_manual_xa_method_agrees_on_raw_counts(census_target, tmp_path):
         assert manual.get(key, 0) == n, (key, n, manual.get(key))
     stray = {k: v for k, v in manual.items() if k not in ours}
     assert not stray, stray
+
+
+def test_heap_walk_classifies_freed_chunks(census_target, tmp_path):
+    """memleak heap: every freed object is free (tcache, fastbin or bins), tcache holds 7 per size."""
+    variant, exe, run, core = census_target
+    if variant not in ("pie", "m32"):
+        pytest.skip("64-bit and i386 layouts are enough")
+    out = str(tmp_path / "h.json")
+    r = run_gdb("memleak heap --json " + out, exe=exe, core=core)
+    assert r.returncode == 0, r.stderr
+    doc = load_json(out)
+    main = [a for a in doc["arenas"] if a["kind"] == "main"][0]
+    freed = sum(run.truth["freed"].values())
+    assert main["free_chunks"] == freed, main
+    assert main["tcache_chunks"] == 14, main      # FreedSmall and FreedMulti sizes: 7 each
+    thread = [a for a in doc["arenas"] if a["kind"] == "thread"]
+    assert thread and thread[0]["in_use_chunks"] >= 100     # the thread's Namespaced objects
+    assert not doc["findings"], doc["findings"]
+    off = str(tmp_path / "o.json")
+    assert run_cli("--core", core, "heap", "--json", off).returncode == 0
+    assert load_json(off)["arenas"] == doc["arenas"]
