@@ -5,7 +5,7 @@ VENV  := $(ROOT)/.venv
 PY    := $(VENV)/bin/python
 BUILD := $(ROOT)/build
 STAMP := $(VENV)/.installed
-APT_PACKAGES := gdb g++ g++-multilib valgrind python3-venv python3-pip make
+APT_PACKAGES := gdb g++ g++-multilib valgrind python3-venv python3-pip make python3-numpy python3-pyelftools python3-capstone python3-tabulate
 
 .PHONY: install system-deps demo test bench clean
 

@@ -55,9 +55,8 @@ def run_command(cmd, arg: str, from_tty: bool):
                            % (cmd.name, type(e).__name__, e))
     finally:
         t = ctx._target
-        if t is not None and t.kind == "live":
-            _warn("memleak %s: process stopped for %.2f s" % (cmd.name, time.monotonic() - t0)) \
-                if time.monotonic() - t0 > 2 else None
+        if t is not None and t.kind == "live":   # the process is stopped while we work: say how long
+            _warn("memleak %s: process stopped for %.2f s" % (cmd.name, time.monotonic() - t0))
 
 
 class MemleakPrefix(gdb.Command):
