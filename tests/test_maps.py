@@ -120,3 +120,30 @@ def test_maps_i386(maps32, tmp_path):
     assert g["mappings"] == doc["mappings"]
     live = _maps_json(tmp_path, "l.json", lambda out: run_gdb("memleak maps --json " + out, pid=run.pid))
     check_fixture_layout(live, run.truth)
+
+
+def test_maps_under_vgdb(workdir, tmp_path):
+    """The remote target: valgrind's gdbserver through vgdb; layout from the real PID's smaps."""
+    import shutil
+    import subprocess
+    import time
+    if not shutil.which("valgrind"):
+        pytest.skip("valgrind not installed")
+    exe = build(workdir, "maps_fixture.c", "maps_fixture64")
+    vg = subprocess.Popen(["valgrind", "--vgdb=yes", "--vgdb-error=0", exe],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        out = str(tmp_path / "vg.json")
+        r = run_gdb("target remote | vgdb --pid=%d" % vg.pid, "source " + os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gdbinit.example"),
+            "memleak maps --json " + out, exe=exe, source=False, timeout=120)
+        assert r.returncode == 0, r.stderr
+        doc = load_json(out)
+        assert doc["target"]["kind"] == "remote" and doc["target"]["pid"] == vg.pid
+        kinds = {m["kind"] for m in doc["mappings"]}
+        assert {"stack", "file"} <= kinds
+        assert all(m["rss"] is not None for m in doc["mappings"])
+    finally:
+        vg.kill()
+        vg.wait()

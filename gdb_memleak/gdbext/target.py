@@ -52,6 +52,8 @@ class GdbTarget(Target):
                               "'target remote | vgdb --pid=N' first")
         self.kind = connection_kind(inf)
         self.pid = inf.pid or None
+        if self.kind == "remote":
+            self.pid = self._remote_local_pid() or self.pid
         self.pointer_size = gdb.lookup_type("void").pointer().sizeof
         endian = _execute("show endian")
         self.byteorder = "big" if "big endian" in endian else "little"
@@ -68,6 +70,16 @@ class GdbTarget(Target):
                     self.warnings.append("core file %s is truncated: segments past byte %d are missing"
                                          % (self.core_path, self._corefile.truncated_at))
                 self.pid = self.pid or self._corefile.pid
+
+    def _remote_local_pid(self) -> Optional[int]:
+        """The real PID behind a 'target remote | vgdb --pid=N' pipe, when it runs on this machine."""
+        import re
+        conn = getattr(self.inferior, "connection", None)
+        details = getattr(conn, "details", None) or ""
+        m = re.search(r"--pid[= ](\d+)", details)
+        if m and os.path.exists("/proc/%s/smaps" % m.group(1)):
+            return int(m.group(1))
+        return None
 
     def _arch_name(self) -> str:
         try:
