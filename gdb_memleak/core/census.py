@@ -103,15 +103,21 @@ def census(target: Target, index: VtableIndex, ranges: List[Tuple[int, int]], he
             hits += np.bincount(idx, minlength=npts)
             cls_of = index.point_class[idx]
             prim = index.point_primary[idx]
-            for k in np.flatnonzero(prim & at_start) if heap is not None else ():
-                c = counts.setdefault(int(cls_of[k]), ClassCount(int(cls_of[k])))
-                sz = int(c_size[jj[k]]) - ps
-                c.sizes[sz] = c.sizes.get(sz, 0) + 1
+            if heap is not None:
+                # usable chunk size per allocation, tallied per (class, size) in one np.unique
+                sel = prim & at_start
+                keys = (cls_of[sel].astype(np.int64) << 40) | (c_size[jj[sel]].astype(np.int64) - ps)
+                for key, n_k in zip(*np.unique(keys, return_counts=True)):
+                    c = counts.setdefault(int(key) >> 40, ClassCount(int(key) >> 40))
+                    sz = int(key) & ((1 << 40) - 1)
+                    c.sizes[sz] = c.sizes.get(sz, 0) + int(n_k)
             if examples:
-                for k in np.flatnonzero(prim & (at_start if heap is not None else True)):
-                    c = counts.setdefault(int(cls_of[k]), ClassCount(int(cls_of[k])))
-                    if len(c.examples) < examples:
-                        c.examples.append(int(where[k]))
+                sel = np.flatnonzero(prim & at_start) if heap is not None else np.flatnonzero(prim)
+                for cls_id in np.unique(cls_of[sel]):
+                    c = counts.setdefault(int(cls_id), ClassCount(int(cls_id)))
+                    need = examples - len(c.examples)
+                    if need > 0:
+                        c.examples.extend(int(a) for a in where[sel[cls_of[sel] == cls_id][:need]])
             if heap is not None:
                 # at-start counts per class, embedded = primary elsewhere
                 for cls_id, n_start in zip(*np.unique(cls_of[prim & at_start], return_counts=True)):

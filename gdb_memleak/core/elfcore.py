@@ -191,7 +191,6 @@ class CoreFile:
         files = sorted(self.files, key=lambda f: f.start)
         fstarts = [f.start for f in files]
         out: List[Region] = []
-        covered = []
         for s in self.segments:
             end = s.vaddr + s.memsz
             perms = ("r" if s.flags & 4 else "-") + ("w" if s.flags & 2 else "-") + ("x" if s.flags & 1 else "-")
@@ -200,7 +199,6 @@ class CoreFile:
             if i >= 0 and s.vaddr < files[i].end:
                 f = files[i]
                 path, off = f.path, f.offset + (s.vaddr - f.start)
-                covered.append(i)
             share = "s" if path and (path.startswith("/SYSV") or path.startswith("/dev/shm/")) else "p"
             data_end = s.vaddr + min(s.filesz, s.memsz)
             if self.truncated_at is not None and s.offset + s.filesz > self.truncated_at:
@@ -208,7 +206,6 @@ class CoreFile:
             out.append(Region(s.vaddr, end, perms + share, off, path, data_end=data_end))
         # File mappings the core holds no segment for (gcore skips r-x text): known range and path,
         # unknown permissions, bytes only from the file itself.
-        seg_starts = [r.start for r in out]
         for f in files:
             pieces = [(f.start, f.end)]
             for r in out:
@@ -224,7 +221,6 @@ class CoreFile:
             for a, b in pieces:
                 if b > a:
                     out.append(Region(a, b, "???p", f.offset + (a - f.start), f.path, data_end=a))
-        del seg_starts, covered
         out.sort(key=lambda r: r.start)
         return out
 
