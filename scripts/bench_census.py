@@ -6,37 +6,13 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from conftest import FIXTURES, GDBINIT, Running  # noqa: E402
-
-PY = sys.executable
-
-
-def timed(argv, **kw):
-    """Run argv; return (seconds, max RSS of the child in MiB, CompletedProcess)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t = time.monotonic()
-    r = subprocess.run(argv, capture_output=True, text=True, **kw)
-    dt = time.monotonic() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if r.returncode:
-        sys.exit("failed: %s\n%s" % (" ".join(argv), r.stderr[-2000:]))
-    return dt, max(after, before) / 1024.0, r
-
-
-def rss_of(argv):
-    """Peak RSS (MiB) of one command alone, measured with a fresh wrapper process."""
-    code = ("import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-            "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([PY, "-c", code] + argv, capture_output=True, text=True).stdout.strip()
-    return int(out) / 1024.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import GDB, PY, ROOT, big_heap, rss_of, timed  # noqa: E402
 
 
 def main():
@@ -45,19 +21,14 @@ def main():
     ap.add_argument("--manual-mib", type=int, default=64)
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-census-")
-    exe = os.path.join(work, "bigheap")
-    subprocess.run(["g++", "-O1", os.path.join(FIXTURES, "bigheap.cpp"), "-o", exe], check=True)
-    run = Running([exe, str(a.mib)])
+    exe, run, core, gcore_s = big_heap(work, a.mib)
     try:
-        t = time.monotonic()
-        core = run.gcore(os.path.join(work, "big.core"))
-        gcore_s = time.monotonic() - t
-        gdb = ["gdb", "-nx", "-batch", "-ex", "source " + GDBINIT]
+        gdb = GDB
         out = os.path.join(work, "c.json")
         results = []
 
         def census(label, argv):
-            dt, _, r = timed(argv, cwd=ROOT)
+            dt, r = timed(argv, cwd=ROOT)
             doc = json.load(open(out))
             scan = doc["seconds"] - doc["setup_seconds"]
             rate = doc["scanned_bytes"] / max(scan, 1e-9) / 1e6

@@ -1,6 +1,8 @@
 """memleak heap: glibc arenas and chunks, in-use/free, size histogram, fragmentation."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .command import Command, add_json_argument
@@ -38,6 +40,7 @@ class HeapCommand(Command):
 
     def run(self, ctx, args):
         t = ctx.target
+        t0 = time.monotonic()
         heap = walk_heap(t, classify(t))
         if not heap.segments:
             raise MemleakError("no glibc heap found (no [heap], no arena, no mmapped chunk): not glibc malloc?")
@@ -80,4 +83,5 @@ class HeapCommand(Command):
                                    ["chunk size", "in use", "bytes"]) + "\n")
         if args.json:
             write_json(args.json, {"target": t.describe(), "arenas": arenas, "mmapped": mmapped,
-                                   "histogram": hist, "findings": [f.to_json() for f in heap.findings]})
+                                   "histogram": hist, "findings": [f.to_json() for f in heap.findings],
+                                   "seconds": round(time.monotonic() - t0, 3)})

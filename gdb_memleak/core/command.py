@@ -98,8 +98,9 @@ class Command:
 
 
 def registry() -> List[Command]:
-    from . import cmd_census, cmd_dump, cmd_heap, cmd_maps
-    return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand(), cmd_census.CensusCommand(), cmd_heap.HeapCommand()]
+    from . import cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps
+    return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand(), cmd_census.CensusCommand(), cmd_heap.HeapCommand(),
+            cmd_leaks.LeaksCommand()]
 
 
 def by_name() -> Dict[str, Command]:

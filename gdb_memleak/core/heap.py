@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .target import Target
 
 PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 1, 2, 4
 TCACHE_BINS = 64
+PAGE = 4096
 FREE_BITS, FREE_TCACHE, FREE_FAST = 1, 2, 3
 
 
@@ -79,36 +80,99 @@ class _Params:
         self.word = ("<Q" if ps == 8 else "<I")
 
 
-def _walk(buf, base: int, first: int, end: int, p: _Params):
-    """Step chunk headers from ``first``; returns (addrs, sizes, pbits, stopped_at, finding)."""
+class _Window:
+    """Sequential reads of one heap region through a window of WINDOW bytes (bounded memory)."""
+    WINDOW = 4 << 20
+
+    def __init__(self, target: Target, start: int, end: int):
+        self.t, self.start, self.end = target, start, end
+        self.lo = self.hi = start
+        self.buf = b""
+
+    def load(self, addr: int, need: int):
+        """Make [addr, addr+need) resident; returns (buf, base) or None when unreadable."""
+        if self.lo <= addr and addr + need <= self.hi:
+            return self.buf, self.lo
+        lo = addr - addr % 4096
+        hi = min(max(lo + self.WINDOW, addr + need), self.end)
+        try:
+            self.buf = bytes(self.t.read(lo, hi - lo))
+        except MemoryReadError:
+            # a page-sized read can still succeed at the walk position
+            hi = min(lo + 4096, self.end)
+            if addr + need > hi:
+                return None
+            try:
+                self.buf = bytes(self.t.read(lo, hi - lo))
+            except MemoryReadError:
+                return None
+        self.lo, self.hi = lo, hi
+        return self.buf, lo
+
+
+def _walk(win: _Window, first: int, end: int, p: _Params):
+    """Step chunk headers from ``first`` to ``end``; returns (addrs, sizes, pbits, stopped_at,
+    finding) with numpy arrays.  The sequential part is a tight loop over a memoryview of each
+    window that only follows sizes; the checks and the flags are done per window with numpy."""
     ps = p.ps
-    unpack = struct.Struct(p.word).unpack_from
-    addrs, sizes, pbits = array("Q"), array("Q"), bytearray()
+    shift = 3 if ps == 8 else 2
+    fmt = "Q" if ps == 8 else "I"
+    dt = np.uint64 if ps == 8 else np.uint32
+    minsize, mask = p.minsize, ~7
+    out_a, out_s, out_p = [], [], []
     a = first
-    limit = end
-    while a < limit:
-        off = a - base + ps
-        if off + ps > len(buf):
-            return addrs, sizes, pbits, a, "chunk header at 0x%x is outside readable memory" % a
-        sf = unpack(buf, off)[0]
-        cs = sf & ~7
+    finding = None
+    while a < end:
+        got = win.load(a, 2 * ps)
+        if got is None:
+            finding = "chunk header at 0x%x is outside readable memory" % a
+            break
+        buf, base = got
+        nbytes = len(buf) - len(buf) % ps
+        mv = memoryview(buf)[:nbytes].cast(fmt)
+        i = (a - base) >> shift
+        iend = min(len(mv) - 1, (end - base) >> shift)
+        idx = array("q")
+        app = idx.append
+        s = minsize
+        while i < iend:
+            s = mv[i + 1] & mask
+            if s < minsize:
+                break
+            app(i)
+            i += s >> shift
+        ix = np.frombuffer(idx, dtype=np.int64)
+        words = np.frombuffer(buf, dtype=dt, count=nbytes // ps)
+        sf = words[ix + 1].astype(np.uint64) if len(ix) else np.zeros(0, dtype=np.uint64)
+        cs = sf & np.uint64(mask & 0xFFFFFFFFFFFFFFFF)
+        addrs = np.uint64(base) + ix.astype(np.uint64) * np.uint64(ps)
         # sizes are MALLOC_ALIGNMENT multiples, except top's on i386 (it ends at the page-aligned end)
-        if cs < p.minsize or (cs % p.align and a + cs != limit and cs != 2 * ps) or a + cs > limit:
-            if cs == 2 * ps and a + cs <= limit:     # fencepost at the end of an old heap
-                return addrs, sizes, pbits, limit, None
-            return addrs, sizes, pbits, a, "bad chunk size 0x%x at 0x%x" % (sf, a)
-        addrs.append(a)
-        sizes.append(cs)
-        pbits.append(sf & PREV_INUSE)
-        a += cs
-    return addrs, sizes, pbits, a, None
-
-
-def _read_all(target: Target, start: int, end: int):
-    try:
-        return bytes(target.read(start, end - start))
-    except MemoryReadError:
-        return None
+        bad = np.flatnonzero((cs % np.uint64(p.align) != 0) & (addrs + cs != np.uint64(end)))
+        if len(bad):
+            k = int(bad[0])
+            out_a.append(addrs[:k]); out_s.append(cs[:k])
+            out_p.append((sf[:k] & np.uint64(PREV_INUSE)).astype(np.uint8))
+            a = int(addrs[k])
+            finding = "bad chunk size 0x%x at 0x%x" % (int(sf[k]), a)
+            break
+        out_a.append(addrs); out_s.append(cs); out_p.append((sf & np.uint64(PREV_INUSE)).astype(np.uint8))
+        a = base + (i << shift)
+        if s < minsize and i < iend:
+            # size below the minimum: a fencepost ends an old heap; anything else is corruption
+            if s == 2 * ps:
+                a = end
+                break
+            finding = "bad chunk size 0x%x at 0x%x" % (int(mv[i + 1]), a)
+            break
+    addrs = np.concatenate(out_a) if out_a else np.zeros(0, dtype=np.uint64)
+    sizes = np.concatenate(out_s) if out_s else np.zeros(0, dtype=np.uint64)
+    pbits = np.concatenate(out_p).astype(np.uint8) if out_p else np.zeros(0, dtype=np.uint8)
+    if a > end and len(addrs):
+        # the last chunk runs past the end
+        a = int(addrs[-1])
+        finding = finding or "chunk at 0x%x runs past the end 0x%x" % (a, end)
+        addrs, sizes, pbits = addrs[:-1], sizes[:-1], pbits[:-1]
+    return addrs, sizes, pbits, a, finding
 
 
 class HeapWalker:
@@ -118,19 +182,18 @@ class HeapWalker:
         self.maps = maps if maps is not None else classify(target)
         self.segments: List[HeapSegment] = []
         self.findings: List[Finding] = []
-        self.chunks: List[Tuple[List[int], List[int], List[int]]] = []   # per segment: addrs, sizes, inuse
-        self.bufs: Dict[int, Tuple[int, bytes]] = {}
+        self.chunks: list = []      # per segment: (start, addrs, sizes, inuse) numpy arrays
 
     # -- segments --------------------------------------------------------------
     def walk_main(self, m: Mapping):
-        buf = _read_all(self.t, m.start, m.end)
-        if buf is None:
+        win = _Window(self.t, m.start, m.end)
+        if win.load(m.start, 4 * self.p.ps) is None:
             self.findings.append(Finding(m.start, "main heap unreadable"))
             return
         best = None
         for first in ((m.start, m.start + 8) if self.p.ps == 4 else (m.start,)):
-            res = _walk(buf, m.start, first, m.end, self.p)
-            if res[3] == m.end and res[0]:
+            res = _walk(win, first, m.end, self.p)
+            if res[3] == m.end and len(res[0]):
                 best = (first, res)
                 break
             if best is None or len(res[0]) > len(best[1][0]):
@@ -138,13 +201,16 @@ class HeapWalker:
         first, (addrs, sizes, pbits, stop, err) = best
         if err:
             self.findings.append(Finding(stop, "main heap: %s; walk stopped" % err))
-        self._add("main", m.start, first, stop, None, addrs, sizes, pbits, buf)
+        self._add("main", m.start, first, stop, None, addrs, sizes, pbits)
 
     def walk_arena(self, m: Mapping):
         ps = self.p.ps
-        buf = _read_all(self.t, m.start, m.end)
-        if buf is None:
+        win = _Window(self.t, m.start, m.end)
+        got = win.load(m.start, 4096)
+        if got is None:
+            self.findings.append(Finding(m.start, "thread heap unreadable"))
             return
+        buf = got[0]
         ar_ptr, prev, size, _mprot = struct.unpack_from("<4" + self.p.word[1], buf, 0)
         end = min(m.start + size, m.end)
         # the first chunk follows heap_info (and malloc_state in an arena's first heap): find the
@@ -157,71 +223,35 @@ class HeapWalker:
             sf = struct.unpack_from(self.p.word, buf, c - m.start + ps)[0]
             if not sf & PREV_INUSE or (sf & ~7) < self.p.minsize:
                 continue
-            res = _walk(buf, m.start, c, end, self.p)
-            if res[3] == end and res[0]:
+            res = _walk(win, c, end, self.p)
+            if res[3] == end and len(res[0]):
                 addrs, sizes, pbits, stop, _ = res
-                self._add("thread", m.start, c, end, ar_ptr, addrs, sizes, pbits, buf)
+                self._add("thread", m.start, c, end, ar_ptr, addrs, sizes, pbits)
                 return
         self.findings.append(Finding(m.start, "thread heap: no chunk walk ends at the heap end 0x%x" % end))
 
-    def walk_mmapped(self, m: Mapping):
-        """mmapped chunks (IS_MMAPPED) at the start of an anonymous mapping, back to back."""
-        ps = self.p.ps
-        head = self.t.try_read(m.start, 2 * ps)
-        if head is None:
-            return
-        prev, sf = struct.unpack("<2" + self.p.word[1], bytes(head))
-        if not sf & IS_MMAPPED or prev % 16 or prev >= 4096:
-            return
-        addrs, sizes = [], []
-        a = m.start
-        while a + 2 * ps <= m.end:
-            h = self.t.try_read(a, 2 * ps)
-            if h is None:
-                break
-            prev, sf = struct.unpack("<2" + self.p.word[1], bytes(h))
-            cs = sf & ~7
-            c = a + prev
-            if not sf & IS_MMAPPED or prev % 16 or prev >= 4096 or cs < self.p.minsize or c + cs > m.end:
-                break
-            # an mmapped chunk's header is at the chunk start (a + prev_size) in glibc: the
-            # common case prev=0 makes a == c
-            if prev:
-                h2 = self.t.try_read(c, 2 * ps)
-                if h2 is None:
-                    break
-                cs = struct.unpack("<2" + self.p.word[1], bytes(h2))[1] & ~7
-            addrs.append(c)
-            sizes.append(cs)
-            nxt = (c + cs + 4095) & ~4095
-            if nxt <= a:
-                break
-            a = nxt
-        if addrs:
-            self._add("mmapped", m.start, addrs[0], a, None, addrs, sizes, None, None, mmapped=True)
+    def add_mmapped(self, chunks: List[Tuple[int, int]]):
+        for c, cs in chunks:
+            self._add("mmapped", c, c, c + cs, None, [c], [cs], None, mmapped=True)
 
-    def _add(self, kind, start, first, end, arena, addrs, sizes, pbits, buf, mmapped=False):
-        if not addrs:
+    def _add(self, kind, start, first, end, arena, addrs, sizes, pbits, mmapped=False):
+        if not len(addrs):
             return
         seg = HeapSegment(kind, start, first, end, arena)
+        addrs, sizes = np.asarray(addrs, dtype=np.uint64), np.asarray(sizes, dtype=np.uint64)
         if mmapped:
-            inuse = bytes([1]) * len(addrs)
+            inuse = np.ones(len(addrs), dtype=np.uint8)
         else:
-            # the last chunk is top: free by definition, not an allocation
-            seg.top, seg.top_size = addrs[-1], sizes[-1]
-            inuse = bytes(pbits[1:])
+            # the last chunk is top: free by definition, not an allocation; a chunk is in use
+            # when the next one's PREV_INUSE is set
+            seg.top, seg.top_size = int(addrs[-1]), int(sizes[-1])
+            inuse = np.asarray(pbits[1:], dtype=np.uint8)
             addrs, sizes = addrs[:-1], sizes[:-1]
         self.segments.append(seg)
-        self.chunks.append((addrs, sizes, inuse))
-        if buf is not None:
-            self.bufs[start] = (start, buf)
+        self.chunks.append((start, addrs, sizes, inuse))
 
     # -- free lists ------------------------------------------------------------
     def _word_at(self, addr):
-        for base, buf in self.bufs.values():
-            off = addr - base
-            if 0 <= off and off + self.p.ps <= len(buf):
-                return struct.unpack_from(self.p.word, buf, off)[0]
         return self.t.read_word(addr)
 
     def _reveal(self, pos, val, safe):
@@ -340,31 +370,67 @@ class HeapWalker:
                 self.walk_main(m)
             elif m.kind == "arena" and m.note != "reserved":
                 self.walk_arena(m)
-            elif m.kind == "anon" and "w" in m.perms[:3] and is_mmapped_chunk_start(self.t, m):
-                self.walk_mmapped(m)
+        self.add_mmapped(find_mmapped_chunks(self.t, self.maps))
+        # segments do not overlap and each is walked in address order: sorting them sorts all
+        self.chunks.sort(key=lambda c: c[0])
+        self.segments.sort(key=lambda sg: sg.start)
+
         def cat(k, dt):
-            parts = [np.frombuffer(c[k], dtype=dt) if isinstance(c[k], (array, bytearray, bytes))
-                     else np.asarray(c[k], dtype=dt) for c in self.chunks]
-            return np.concatenate(parts).astype(dt) if parts else np.zeros(0, dtype=dt)
-        addrs, sizes, inuse = cat(0, np.uint64), cat(1, np.uint64), cat(2, np.uint8).astype(bool)
-        order = np.argsort(addrs, kind="stable")
-        free = np.where(inuse[order], 0, FREE_BITS).astype(np.int8)
-        heap = Heap(self.segments, addrs[order], sizes[order], free, self.p.ps, self.findings)
+            parts = [c[k] for c in self.chunks]
+            return np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dtype=dt)
+        addrs, sizes, inuse = cat(1, np.uint64), cat(2, np.uint64), cat(3, np.uint8)
+        self.chunks = []
+        free = np.where(inuse != 0, 0, FREE_BITS).astype(np.int8)
+        del inuse
+        heap = Heap(self.segments, addrs, sizes, free, self.p.ps, self.findings)
         self.mark_tcache(heap)
         self.mark_fastbins(heap)
-        self.bufs.clear()
         return heap
 
 
-def is_mmapped_chunk_start(target: Target, m: Mapping) -> bool:
-    """Does an anonymous mapping start with a glibc mmapped chunk (IS_MMAPPED, small prev_size)?"""
+def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
+    """glibc's mmapped chunks (malloc above the mmap threshold) as (chunk, size), from every page
+    of writable anonymous memory: a page that starts with prev_size 0 and a size word whose flags
+    are exactly IS_MMAPPED and whose size is whole pages that fit the mapping.  Adjacent anonymous
+    mmaps merge into one mapping, so chunks are looked for at every page, not only at mapping
+    starts; pages inside an accepted chunk are skipped.  Cached on the target."""
+    cached = getattr(target, "_mmapped_chunks", None)
+    if cached is not None:
+        return cached
+    from .progress import iter_chunks
     ps = target.pointer_size
-    head = target.try_read(m.start, 2 * ps)
-    if head is None:
-        return False
-    prev, sf = struct.unpack("<2" + ("Q" if ps == 8 else "I"), bytes(head))
-    cs = sf & ~7
-    return bool(sf & IS_MMAPPED) and prev % 16 == 0 and prev < 4096 and 4 * ps <= cs <= m.size
+    dt = np.dtype(("<" if target.byteorder == "little" else ">") + ("u8" if ps == 8 else "u4"))
+    per_page = PAGE // ps
+    out: List[Tuple[int, int]] = []
+    for m in maps:
+        if m.kind != "anon" or "w" not in m.perms[:3]:
+            continue
+        skip_to = m.start
+        for addr, data in iter_chunks(target, m.start, m.end, 4 << 20):
+            n = len(data) // ps
+            if n < 2 or addr % PAGE:
+                continue
+            w = np.frombuffer(data, dtype=dt, count=n)
+            heads = np.arange(0, n - 3, per_page)
+            page_addr = np.uint64(addr) + heads.astype(np.uint64) * np.uint64(ps)
+            found = []
+            # prev_size 0 at the page start; or, where MALLOC_ALIGNMENT exceeds the header (i386),
+            # glibc's correction: the chunk at page + 8 with prev_size 8
+            for corr in ((0, 8) if ps == 4 else (0,)):
+                k = corr // ps
+                prev, sf = w[heads + k], w[heads + k + 1]
+                cs = (sf & dt.type(~7 & ((1 << (8 * ps)) - 1))).astype(np.uint64)
+                ok = ((prev == corr) & ((sf & dt.type(7)) == IS_MMAPPED) & (cs >= PAGE - corr)
+                      & ((cs + np.uint64(corr)) % np.uint64(PAGE) == 0)
+                      & (page_addr + np.uint64(corr) + cs <= np.uint64(m.end)))
+                found.extend((int(page_addr[i]) + corr, int(cs[i])) for i in np.flatnonzero(ok))
+            for c, size in sorted(found):
+                if c < skip_to:
+                    continue
+                out.append((c, size))
+                skip_to = c + size
+    target._mmapped_chunks = out
+    return out
 
 
 def heap_ranges(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
@@ -373,8 +439,7 @@ def heap_ranges(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
     for m in maps:
         if m.kind in ("heap", "arena") and "w" in m.perms[:3]:
             out.append((m.start, m.end))
-        elif m.kind == "anon" and "w" in m.perms[:3] and is_mmapped_chunk_start(target, m):
-            out.append((m.start, m.end))
+    out.extend((c, c + cs) for c, cs in find_mmapped_chunks(target, maps))
     return sorted(out)
 
 

@@ -23,14 +23,14 @@ def table(rows: Iterable[Sequence], headers: Sequence[str], colalign=None) -> st
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def write_json(path: str, obj, mode: int = 0o644) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (tmp file created with ``mode``, then renamed)."""
+def write_text(path: str, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` atomically: a tmp file created with ``mode`` (never through a
+    symlink, never over an existing tmp), then renamed over ``path``."""
     tmp = "%s.tmp.%d" % (path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except OSError as e:
         try:
@@ -38,6 +38,11 @@ def write_json(path: str, obj, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise MemleakError("cannot write %s: %s" % (path, e.strerror or e))
+
+
+def write_json(path: str, obj, mode: int = 0o644) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n", mode)
 
 
 def hexaddr(a) -> str:

@@ -54,6 +54,20 @@ class VtableIndex:
         return None
 
 
+    def primary_class_of(self, values: np.ndarray) -> np.ndarray:
+        """Class index for each value that is a primary address point (a most-derived object's
+        vptr), -1 for the others."""
+        values = np.asarray(values, dtype=np.uint64)
+        out = np.full(len(values), -1, dtype=np.int64)
+        if not len(self.points) or not len(values):
+            return out
+        i = np.searchsorted(self.points, values)
+        i[i >= len(self.points)] = len(self.points) - 1
+        ok = (self.points[i] == values) & self.point_primary[i]
+        out[ok] = self.point_class[i[ok]]
+        return out
+
+
 def _words(target: Target, addr: int, count: int) -> Optional[np.ndarray]:
     dt = np.dtype(("<" if target.byteorder == "little" else ">") + ("u8" if target.pointer_size == 8 else "u4"))
     try:

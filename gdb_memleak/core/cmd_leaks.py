@@ -1,0 +1,132 @@
+"""memleak leaks: in-use heap chunks that nothing reaches, by class and size."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .command import Command, add_json_argument
+from .errors import MemleakError, UsageError
+from .heap import walk_heap
+from .leaks import find_leaks
+from .maps import classify
+from .render import table, write_json, write_text
+from .textparse import human_size
+from .vtables import build_index
+
+NO_CLASS = "(no vptr)"
+DUMP_BYTES = 32
+
+
+def hex_ascii(data: bytes) -> str:
+    hx = " ".join("%02x" % b for b in data)
+    asc = "".join(chr(b) if 32 <= b < 127 else "." for b in data)
+    return "%s  |%s|" % (hx, asc)
+
+
+class LeaksCommand(Command):
+    name = "leaks"
+    summary = "Find heap chunks nothing reaches (leaked), direct and indirect, by class and size."
+    description = (summary + " Roots: registers, live threads' stacks from SP, writable non-heap memory. "
+                   "Sizes are glibc chunk sizes (the request plus malloc's header, rounded up).")
+
+    def add_arguments(self, p):
+        p.add_argument("--stale-stacks-as-roots", action="store_true",
+                       help="also scan stacks no live thread owns (exited-unjoined, glibc's cache)")
+        p.add_argument("--show", type=int, default=5, metavar="N",
+                       help="show N leaked chunks with their first bytes (default 5)")
+        p.add_argument("--top", type=int, default=20, metavar="N", help="rows per table (default 20)")
+        p.add_argument("--addresses", metavar="FILE",
+                       help="write the user address of every leaked chunk to FILE, one per line")
+        add_json_argument(p)
+
+    def run(self, ctx, args):
+        if args.show < 0 or args.top < 0:
+            raise UsageError("--show and --top take a count >= 0")
+        t = ctx.target
+        t0 = time.monotonic()
+        maps = classify(t)
+        heap = walk_heap(t, maps)
+        if not heap.segments:
+            hint = " (under valgrind, use 'memleak vgdb leak-check')" if t.kind == "remote" else ""
+            raise MemleakError("no glibc heap found (no [heap], no arena, no mmapped chunk)" + hint)
+        res = find_leaks(t, maps, heap, args.stale_stacks_as_roots, ctx.progress_sink())
+        index = build_index(t)
+        ps = t.pointer_size
+        leaked = res.leaked
+        li = res.index[leaked]
+        sizes = heap.size[li]
+        direct = res.direct[leaked]
+        cls = index.primary_class_of(res.first_word[leaked])
+        in_use_bytes = int(heap.size[res.index].sum())
+        totals = {"chunks": int(len(li)), "bytes": int(sizes.sum()),
+                  "direct_chunks": int(direct.sum()), "indirect_chunks": int((~direct).sum()),
+                  "direct_bytes": int(sizes[direct].sum()), "indirect_bytes": int(sizes[~direct].sum())}
+
+        by_class = []
+        for c, n in zip(*np.unique(cls, return_counts=True)):
+            sel = cls == c
+            name = index.classes[int(c)].name if c >= 0 else NO_CLASS
+            entry = {"name": name, "chunks": int(n), "bytes": int(sizes[sel].sum()),
+                     "direct_chunks": int((sel & direct).sum())}
+            if c >= 0:
+                vc = index.classes[int(c)]
+                entry.update({"mangled": vc.mangled, "module": vc.module, "name_source": vc.source})
+            by_class.append(entry)
+        by_class.sort(key=lambda e: (-e["bytes"], e["name"]))
+        by_size = [{"size": int(s), "chunks": int(n), "bytes": int(s) * int(n)}
+                   for s, n in zip(*np.unique(sizes, return_counts=True))]
+        by_size.sort(key=lambda e: (-e["bytes"], e["size"]))
+
+        # examples: direct leaks first, biggest first
+        order = np.lexsort((heap.addr[li], -sizes.astype(np.int64), ~direct))
+        examples = []
+        for k in order[:args.show]:
+            ci = int(li[k])
+            user = int(heap.addr[ci]) + 2 * ps
+            raw = t.try_read(user, min(DUMP_BYTES, int(heap.size[ci]) - 2 * ps))
+            examples.append({"address": hex(user), "chunk": hex(int(heap.addr[ci])), "size": int(heap.size[ci]),
+                             "class": index.classes[int(cls[k])].name if cls[k] >= 0 else None,
+                             "kind": "direct" if direct[k] else "indirect",
+                             "bytes": bytes(raw).hex() if raw is not None else None})
+
+        w = ctx.write
+        w("%d leaked chunks, %s (%d direct, %s; %d indirect, %s) of %d in use, %s\n" % (
+            totals["chunks"], human_size(totals["bytes"]), totals["direct_chunks"], human_size(totals["direct_bytes"]),
+            totals["indirect_chunks"], human_size(totals["indirect_bytes"]), len(res.index), human_size(in_use_bytes)))
+        if by_class and args.top:
+            w("\n" + table([[e["chunks"], e["direct_chunks"], human_size(e["bytes"]), e["name"] +
+                             (" [rtti]" if e.get("name_source") == "rtti" else "")] for e in by_class[:args.top]],
+                           ["leaked", "direct", "bytes", "class (vptr at chunk start)"]) + "\n")
+        if by_size and args.top:
+            w("\n" + table([[e["size"], e["chunks"], human_size(e["bytes"])] for e in by_size[:args.top]],
+                           ["chunk size", "leaked", "bytes"]) + "\n")
+        if examples:
+            w("\n" + table([[e["address"], e["size"], e["kind"], e["class"] or "-",
+                             hex_ascii(bytes.fromhex(e["bytes"])[:16]) if e["bytes"] is not None else "(unreadable)"]
+                            for e in examples], ["address", "size", "leak", "class", "first bytes"]) + "\n")
+        for a, b, why in res.excluded:
+            w("not a root: 0x%x-0x%x (%s): %s\n" % (a, b, human_size(b - a), why))
+        for a, b, why in res.skipped:
+            w("skipped unreadable 0x%x-0x%x (%s): %s\n" % (a, b, human_size(b - a), why))
+        for f in heap.findings:
+            w("heap finding at 0x%x: %s\n" % (f.address, f.message))
+        w("scanned %s of roots and %s of heap (%d references) in %.2f s\n" % (
+            human_size(res.root_bytes), human_size(res.heap_bytes), res.edges, time.monotonic() - t0))
+
+        if args.addresses:
+            users = np.sort(heap.addr[li] + np.uint64(2 * ps))
+            write_text(args.addresses, "".join("0x%x\n" % int(a) for a in users), mode=0o600)
+        if args.json:
+            write_json(args.json, {
+                "target": t.describe(),
+                "leaked": totals,
+                "in_use": {"chunks": int(len(res.index)), "bytes": in_use_bytes},
+                "by_class": by_class, "by_size": by_size,
+                "excluded_roots": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.excluded],
+                "skipped": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.skipped],
+                "roots": [{"start": hex(r.start), "end": hex(r.end), "what": r.what} for r in res.roots],
+                "examples": examples,
+                "references": res.edges,
+                "findings": [f.to_json() for f in heap.findings],
+                "seconds": round(time.monotonic() - t0, 3)})

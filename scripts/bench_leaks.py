@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Benchmark memleak heap and memleak leaks on a >= 1 GiB heap with millions of chunks, offline,
+in gdb on the core and live (wall time, time inside the command, peak RSS); and, in the same run,
+valgrind's own leak check (vgdb `leak_check full reachable any`) against ours on a smaller heap.
+Prints Markdown for docs/PERFORMANCE.md.
+Usage: scripts/bench_leaks.py [--mib 1024] [--leak-every 16] [--valgrind-mib 128]"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import GDB, PY, ROOT, Running, big_heap, rss_of, timed  # noqa: E402
+
+
+def measure(label, argv, out):
+    wall, _ = timed(argv, cwd=ROOT)
+    doc = json.load(open(out))
+    return {"label": label, "wall": wall, "seconds": doc.get("seconds"), "rss": rss_of(argv), "doc": doc}
+
+
+def valgrind_compare(work, exe, mib, leak_every):
+    """(valgrind leak_check seconds, ours seconds, valgrind counts, our counts) on MIB of heap."""
+    t = time.monotonic()
+    run = Running(["valgrind", "--vgdb=yes", exe, str(mib), str(leak_every)])
+    vg_run = time.monotonic() - t
+    try:
+        pid = int(open("/proc/%d/status" % run.pid).read().split("Pid:")[1].split()[0])
+        t = time.monotonic()
+        r = subprocess.run(["vgdb", "--pid=%d" % pid, "leak_check", "full", "reachable", "any"],
+                           capture_output=True, text=True, timeout=3600)
+        vg_s = time.monotonic() - t
+        text = r.stdout + r.stderr
+        vg = {k: int(re.search(r"%s lost: [\d,]+ bytes in ([\d,]+) blocks" % k, text).group(1).replace(",", ""))
+              for k in ("definitely", "indirectly")}
+    finally:
+        run.kill()
+    t = time.monotonic()
+    native = Running([exe, str(mib), str(leak_every)])
+    try:
+        core = native.gcore(os.path.join(work, "small.core"))
+    finally:
+        native.kill()
+    native_run = time.monotonic() - t
+    out = os.path.join(work, "small.json")
+    t = time.monotonic()
+    timed([PY, "-m", "gdb_memleak", "--core", core, "--no-progress", "leaks", "--json", out], cwd=ROOT)
+    ours_s = time.monotonic() - t
+    lk = json.load(open(out))["leaked"]
+    os.unlink(core)
+    return (vg_run, vg_s, native_run, ours_s, vg,
+            {"definitely": lk["direct_chunks"], "indirectly": lk["indirect_chunks"]})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--leak-every", type=int, default=16)
+    ap.add_argument("--valgrind-mib", type=int, default=128, help="0 skips the valgrind comparison")
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-leaks-")
+    exe, run, core, gcore_s = big_heap(work, a.mib, a.leak_every)
+    rows = []
+    try:
+        out = os.path.join(work, "o.json")
+        for cmd in ("heap", "leaks"):
+            rows.append(measure("`%s` offline" % cmd, [PY, "-m", "gdb_memleak", "--core", core, "--no-progress",
+                                                         cmd, "--json", out], out))
+            rows.append(measure("`%s` in gdb on the core" % cmd,
+                                GDB + ["-ex", "set memleak progress off", "-ex", "memleak %s --json %s" % (cmd, out),
+                                       exe, core], out))
+            rows.append(measure("`%s` in gdb live" % cmd,
+                                GDB + ["-p", str(run.pid), "-ex", "set memleak progress off",
+                                       "-ex", "memleak %s --json %s" % (cmd, out)], out))
+        base_gdb = rss_of(GDB + [exe, core])
+        base_py = rss_of([PY, "-c", "import numpy, elftools, tabulate"])
+        truth = run.truth
+    finally:
+        run.kill()
+    vg = valgrind_compare(work, exe, a.valgrind_mib, a.leak_every) if a.valgrind_mib else None
+    subprocess.run(["rm", "-rf", work])
+
+    leaks_doc = [r for r in rows if r["label"].startswith("`leaks`")][0]["doc"]
+    heap_doc = [r for r in rows if r["label"].startswith("`heap`")][0]["doc"]
+    print("\n## heap and leaks (%s): `scripts/bench_leaks.py --mib %d --leak-every %d --valgrind-mib %d`\n" % (
+        time.strftime("%Y-%m-%d"), a.mib, a.leak_every, a.valgrind_mib))
+    print("Fixture: %d objects, %d MiB; %d in-use chunks (%.0f MiB); leaked: %d direct + %d indirect "
+          "(truth: %d + %d); %d references followed; gcore took %.1f s.\n" % (
+              truth["objects"], truth["bytes"] >> 20, leaks_doc["in_use"]["chunks"],
+              leaks_doc["in_use"]["bytes"] / 2**20, leaks_doc["leaked"]["direct_chunks"],
+              leaks_doc["leaked"]["indirect_chunks"], truth["direct"], truth["indirect"],
+              leaks_doc.get("references", 0), gcore_s))
+    print("| command | wall s | in command s | peak RSS MiB (baseline) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        basel = base_py if "offline" in r["label"] else base_gdb
+        print("| %s | %.1f | %s | %.0f (%.0f) |" % (r["label"], r["wall"],
+                                                   "%.1f" % r["seconds"] if r["seconds"] is not None else "-",
+                                                   r["rss"], basel))
+    assert heap_doc["arenas"]
+    if vg:
+        vg_run, vg_s, native_run, ours_s, vgc, ours = vg
+        print("\nSame program with %d MiB of heap, from start to answer:\n" % a.valgrind_mib)
+        print("| | run to the snapshot point | leak check | total |")
+        print("|---|---|---|---|")
+        print("| valgrind (`--vgdb=yes`, then `vgdb leak_check full reachable any`) | %.1f s | %.1f s | %.1f s |" % (
+            vg_run, vg_s, vg_run + vg_s))
+        print("| native run + gcore, then `memleak leaks` offline | %.1f s | %.1f s | %.1f s |" % (
+            native_run, ours_s, native_run + ours_s))
+        print("\nRatio %.1fx. Blocks lost — valgrind: %s; ours: %s.\n" % (
+            (vg_run + vg_s) / max(native_run + ours_s, 1e-9), vgc, ours))
+
+
+if __name__ == "__main__":
+    main()

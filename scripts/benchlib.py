@@ -1,0 +1,42 @@
+"""Shared helpers of the scripts/bench_*.py benchmarks: timing child commands and their peak RSS,
+building and snapshotting the big-heap fixture."""
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from conftest import FIXTURES, GDBINIT, Running  # noqa: E402,F401
+
+PY = sys.executable
+GDB = ["gdb", "-nx", "-batch", "-ex", "source " + GDBINIT]
+
+
+def timed(argv, **kw):
+    """Run argv; return (seconds, CompletedProcess); exit with its stderr when it fails."""
+    t = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    dt = time.monotonic() - t
+    if r.returncode:
+        sys.exit("failed: %s\n%s" % (" ".join(argv), r.stderr[-2000:]))
+    return dt, r
+
+
+def rss_of(argv):
+    """Peak RSS (MiB) of one command alone, measured with a fresh wrapper process."""
+    code = ("import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([PY, "-c", code] + argv, capture_output=True, text=True).stdout.strip()
+    return int(out) / 1024.0
+
+
+def big_heap(work, mib, leak_every=0):
+    """Build tests/fixtures/bigheap.cpp, run it to READY and gcore it: (exe, Running, core, gcore s)."""
+    exe = os.path.join(work, "bigheap")
+    subprocess.run(["g++", "-O1", os.path.join(FIXTURES, "bigheap.cpp"), "-o", exe], check=True)
+    run = Running([exe, str(mib), str(leak_every)])
+    t = time.monotonic()
+    core = run.gcore(os.path.join(work, "big.core"))
+    return exe, run, core, time.monotonic() - t
