@@ -29,7 +29,8 @@ def main():
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     os.chmod(core, 0o600)
-    cmds = ["memleak vtable-census --heap --at-chunk-start --examples 2", "memleak maps"]
+    cmds = ["memleak vtable-census --heap --at-chunk-start --examples 2", "memleak leaks --show 3",
+            "memleak threads --check", "memleak maps --min-size 1M"]
     argv = ["gdb", "-nx", "-batch", "-ex", "source " + os.path.join(ROOT, "gdbinit.example")]
     for c in cmds:
         argv += ["-ex", "echo \\n(gdb) %s\\n" % c, "-ex", c]

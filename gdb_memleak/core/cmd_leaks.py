@@ -15,6 +15,9 @@ from .textparse import human_size
 from .vtables import build_index
 
 NO_CLASS = "(no vptr)"
+STALE_TEXT = {"exited-unjoined": "stack of a thread that exited and was never joined (stale)",
+              "cached": "stack cached by glibc after join/detach (stale)",
+              "unowned": "stack-shaped mapping no live thread owns"}
 DUMP_BYTES = 32
 
 
@@ -50,7 +53,19 @@ class LeaksCommand(Command):
         if not heap.segments:
             hint = " (under valgrind, use 'memleak vgdb leak-check')" if t.kind == "remote" else ""
             raise MemleakError("no glibc heap found (no [heap], no arena, no mmapped chunk)" + hint)
-        res = find_leaks(t, maps, heap, args.stale_stacks_as_roots, ctx.progress_sink())
+        orphans = {}
+
+        def stale_reason(m):
+            """(why, where glibc's struct pthread starts) for a stack no live thread owns."""
+            if not orphans:
+                from .threads import analyze_threads
+                orphans.update({o.mapping.start: (o.reason, o.pthread.address if o.pthread else None)
+                                for o in analyze_threads(t, maps).orphans})
+                orphans.setdefault(None, (None, None))
+            reason, pd = orphans.get(m.start, (None, None))
+            return STALE_TEXT.get(reason), pd
+
+        res = find_leaks(t, maps, heap, args.stale_stacks_as_roots, ctx.progress_sink(), stale_reason)
         index = build_index(t)
         ps = t.pointer_size
         leaked = res.leaked

@@ -131,3 +131,33 @@ def find_modules(target: Target) -> List[Module]:
                 m.is_main = True
                 break
     return out
+
+
+def module_at(target: Target, addr: int) -> Optional[Module]:
+    for m in target.modules():
+        if m.start <= addr < m.end:
+            return m
+    return None
+
+
+def symbolize(target: Target, addr: int) -> Optional[dict]:
+    """{module, module_offset, symbol, symbol_offset, symbol_size} for an address inside a
+    loaded module (symbol None when the module has no symbol there: stripped); None elsewhere."""
+    from .symbols import nearest_symbol
+    mod = module_at(target, addr)
+    if mod is None:
+        return None
+    local = target.local_path(mod.path) if hasattr(target, "local_path") else mod.path
+    sym = nearest_symbol(local, addr - mod.load_bias) if local else None
+    return {"module": mod.name, "path": mod.path, "module_offset": addr - mod.start,
+            "symbol": sym[0] if sym else None, "symbol_offset": sym[1] if sym else None,
+            "symbol_size": sym[2] if sym else None}
+
+
+def format_symbol(info: Optional[dict]) -> Optional[str]:
+    if info is None:
+        return None
+    if info["symbol"]:
+        return "%s+%d in %s" % (info["symbol"], info["symbol_offset"], info["module"]) if info["symbol_offset"] \
+            else "%s in %s" % (info["symbol"], info["module"])
+    return "%s+0x%x" % (info["module"], info["module_offset"])

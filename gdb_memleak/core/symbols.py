@@ -107,6 +107,81 @@ def symbols_with_prefix(path: str, prefixes=(b"_ZTV", b"_ZTI")) -> List[Tuple[st
     return res
 
 
+_TABLES: Dict[str, Optional[tuple]] = {}
+STT_OBJECT, STT_FUNC, STT_TLS = 1, 2, 6
+
+
+def _address_table(path: str):
+    """(values, sizes, name offsets, raw strtab) of the function/object symbols of ``path``,
+    sorted by value; None when the file has none (cached)."""
+    if path in _TABLES:
+        return _TABLES[path]
+    res = None
+    try:
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        _TABLES[path] = None
+        return None
+    try:
+        parts = []
+        for sym_off, count, str_off, str_size, dt in _symbol_tables(mm):
+            syms = np.frombuffer(mm, dtype=dt, count=count, offset=sym_off)
+            typ = syms["st_info"] & 0xF
+            ok = ((typ == STT_FUNC) | (typ == STT_OBJECT)) & (syms["st_shndx"] != 0) & (syms["st_value"] != 0)
+            sel = syms[ok]
+            raw = bytes(mm[str_off:str_off + str_size])
+            parts.append((sel["st_value"].astype(np.uint64), sel["st_size"].astype(np.uint64),
+                          sel["st_name"].astype(np.int64), raw))
+            del syms
+        if parts:
+            # one string table per part: keep the part index with each entry
+            vals = np.concatenate([p[0] for p in parts])
+            sizes = np.concatenate([p[1] for p in parts])
+            names = np.concatenate([p[2] for p in parts])
+            which = np.concatenate([np.full(len(p[0]), i, dtype=np.int64) for i, p in enumerate(parts)])
+            order = np.argsort(vals, kind="stable")
+            res = (vals[order], sizes[order], names[order], which[order], [p[3] for p in parts])
+    except (ValueError, struct.error):
+        res = None
+    finally:
+        try:
+            mm.close()
+        except BufferError:
+            pass
+    _TABLES[path] = res
+    return res
+
+
+def nearest_symbol(path: str, vaddr: int) -> Optional[Tuple[str, int, int]]:
+    """(name, offset, size) of the function/object symbol of ``path`` holding file address
+    ``vaddr`` (the closest one below it when sizes are 0); None when there is none."""
+    tab = _address_table(path)
+    if tab is None or not len(tab[0]):
+        return None
+    vals, sizes, names, which, strtabs = tab
+    i = int(np.searchsorted(vals, np.uint64(vaddr), side="right")) - 1
+    if i < 0:
+        return None
+    # prefer a sized symbol that holds the address among those starting at the same value
+    j = i
+    while j >= 0 and vals[j] == vals[i]:
+        if int(sizes[j]) and vaddr < int(vals[j]) + int(sizes[j]):
+            i = j
+            break
+        j -= 1
+    start, size = int(vals[i]), int(sizes[i])
+    if size and vaddr >= start + size:
+        return None
+    if not size and vaddr - start > 4096:
+        return None
+    raw = strtabs[int(which[i])]
+    off = int(names[i])
+    end = raw.find(b"\0", off)
+    name = raw[off:end if end >= 0 else len(raw)].decode("utf-8", "replace")
+    return demangle(name), vaddr - start, size
+
+
 _demangler = None
 
 
@@ -132,6 +207,11 @@ def _load_demangler():
 
 
 _DEMANGLED: Dict[str, str] = {}
+
+
+def demangle(symbol: str) -> str:
+    """A symbol name demangled ('_ZN3net4Conn4sendEv' -> 'net::Conn::send()'); others as given."""
+    return demangle_type(symbol) if symbol.startswith("_Z") else symbol
 
 
 def demangle_type(mangled: str) -> str:

@@ -156,6 +156,11 @@ class Target:
         """sizeof(name) from debug info when the target has it (gdb); None otherwise."""
         return None
 
+    def frames(self, thread_num: int, limit: int = 256) -> Optional[List[Tuple[int, int, int, Optional[str]]]]:
+        """(level, sp, pc, function) of a thread's frames, innermost first, when the target can
+        unwind (gdb); None otherwise."""
+        return None
+
     def describe(self) -> dict:
         return {"kind": self.kind, "pid": self.pid, "pointer_size": self.pointer_size,
                 "arch": self.arch, "byteorder": self.byteorder,

@@ -184,6 +184,41 @@ class GdbTarget(Target):
                 orig_frame.select()
         return out
 
+    def frames(self, thread_num: int, limit: int = 256):
+        try:
+            orig_thread = gdb.selected_thread()
+            orig_frame = gdb.selected_frame()
+        except gdb.error:
+            orig_thread, orig_frame = None, None
+        mask = (1 << (8 * self.pointer_size)) - 1
+        out = []
+        try:
+            for th in self.inferior.threads():
+                if th.num != thread_num or not th.is_valid():
+                    continue
+                th.switch()
+                f = gdb.newest_frame()
+                level = 0
+                while f is not None and level < limit:
+                    try:
+                        sp = int(f.read_register("sp")) & mask
+                        name = f.name()
+                    except (gdb.error, ValueError):
+                        break
+                    out.append((level, sp, f.pc(), name))
+                    try:
+                        f = f.older()
+                    except gdb.error:
+                        break
+                    level += 1
+                break
+        finally:
+            if orig_thread is not None and orig_thread.is_valid():
+                orig_thread.switch()
+            if orig_frame is not None and orig_frame.is_valid():
+                orig_frame.select()
+        return out or None
+
     def type_size(self, name: str) -> Optional[int]:
         try:
             return gdb.lookup_type(name).sizeof

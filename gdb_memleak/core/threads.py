@@ -1,0 +1,340 @@
+"""Who owns every stack: each thread's stack mapping and use, glibc's struct pthread found in
+stack memory, and the stacks no live thread owns (exited without join, or in glibc's cache).
+
+glibc facts used (measured on 2.36, x86-64 and i386; nothing hard-coded that is not validated):
+- a thread's struct pthread (its TCB) sits near the top of its stack block and starts with
+  tcbhead_t {tcb, dtv, self, ...} where tcb == self == the struct's own address;
+- it holds `list_t list` {next, prev}, linking it into GL(dl_stack_used) while the thread
+  exists or is unjoined, or GL(dl_stack_cache) once joined/detached-and-exited; the three list
+  heads sit together in ld.so's _rtld_global: used, user (the main thread), cache;
+- `pid_t tid` follows `list`: the kernel clears it when the thread exits; join sets it to -1.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import MemoryReadError
+from .maps import Mapping
+from .target import Target, ThreadInfo
+
+TOP_SCAN = 64 << 10          # struct pthread lies within this much of a stack block's top
+MAX_RING = 100000
+REASONS = ("exited-unjoined", "cached", "unowned")
+
+
+@dataclass
+class PthreadInfo:
+    address: int
+    list_off: Optional[int] = None
+    tid: Optional[int] = None
+    ring_head: Optional[int] = None
+    ring: Tuple[int, ...] = ()
+
+
+@dataclass
+class ThreadStack:
+    thread: ThreadInfo
+    mapping: Optional[Mapping]
+    guard: bool
+    pthread: Optional[PthreadInfo] = None
+
+    @property
+    def used(self) -> Optional[int]:
+        return self.mapping.end - self.thread.sp if self.mapping else None
+
+
+@dataclass
+class OrphanStack:
+    mapping: Mapping
+    reason: str
+    guard: bool
+    pthread: Optional[PthreadInfo] = None
+
+
+@dataclass
+class ThreadsReport:
+    threads: List[ThreadStack]
+    orphans: List[OrphanStack]
+    rlimit_stack: Optional[int]
+    rlimit_source: str
+    pointer_size: int
+    findings: List[str] = field(default_factory=list)
+
+    def totals(self) -> dict:
+        stacks = [t.mapping for t in self.threads if t.mapping is not None]
+        uniq = {m.start: m for m in stacks}
+        by_size = collections.Counter(m.size for m in uniq.values())
+        return {"threads": len(self.threads), "stacks": len(uniq),
+                "stack_bytes": sum(m.size for m in uniq.values()),
+                "orphan_stacks": len(self.orphans),
+                "orphan_bytes": sum(o.mapping.size for o in self.orphans),
+                "by_size": [{"size": s, "stacks": n} for s, n in sorted(by_size.items(), key=lambda kv: -kv[1])],
+                "rlimit_stack": self.rlimit_stack, "rlimit_source": self.rlimit_source}
+
+
+def _dtype(target: Target):
+    return np.dtype(("<" if target.byteorder == "little" else ">") + ("u8" if target.pointer_size == 8 else "u4"))
+
+
+def find_pthreads(target: Target, start: int, end: int) -> List[int]:
+    """Addresses in [start, end) where a tcbhead_t starts (tcb == self == its own address),
+    looking at the top TOP_SCAN bytes first, then at the whole range."""
+    ps = target.pointer_size
+    dt = _dtype(target)
+    for lo in (max(start, end - TOP_SCAN), start):
+        found = []
+        a = lo
+        while a < end:
+            n = min(4 << 20, end - a)
+            try:
+                w = np.frombuffer(bytes(target.read(a, n)), dtype=dt)
+            except MemoryReadError:
+                a += n
+                continue
+            addrs = np.uint64(a) + np.arange(len(w), dtype=np.uint64) * np.uint64(ps)
+            wv = w.astype(np.uint64)
+            hit = np.flatnonzero((wv[:-2] == addrs[:-2]) & (wv[2:] == addrs[:-2]))
+            found.extend(int(addrs[h]) for h in hit)
+            a += n
+        if found or lo == start:
+            return found
+    return []
+
+
+def _list_offset(target: Target, pd: int) -> Optional[int]:
+    """Offset of `list` in struct pthread: the first (next, prev) pair after the TCB header whose
+    neighbours point back at it."""
+    ps = target.pointer_size
+    try:
+        words = target.read_words(pd, 1024 // ps)
+    except MemoryReadError:
+        return None
+    for k in range(3, len(words) - 1):
+        nxt, prv = words[k], words[k + 1]
+        me = pd + k * ps
+        if not nxt or not prv or nxt % ps or prv % ps or nxt == me:
+            continue
+        try:
+            if target.read_word(nxt + ps) == me and target.read_word(prv) == me:
+                return k * ps
+        except MemoryReadError:
+            continue
+    return None
+
+
+def _ring(target: Target, start: int) -> List[int]:
+    out = [start]
+    cur = start
+    for _ in range(MAX_RING):
+        try:
+            cur = target.read_word(cur)
+        except MemoryReadError:
+            return out
+        if cur == start or not cur:
+            break
+        out.append(cur)
+    return out
+
+
+def _signed32(v: int) -> int:
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def describe_pthread(target: Target, pd: int, list_off: Optional[int]) -> PthreadInfo:
+    info = PthreadInfo(pd, list_off)
+    if list_off is None:
+        return info
+    try:
+        raw = bytes(target.read(pd + list_off + 2 * target.pointer_size, 4))
+        info.tid = _signed32(int.from_bytes(raw, target.byteorder))
+    except MemoryReadError:
+        pass
+    info.ring = tuple(_ring(target, pd + list_off))
+    return info
+
+
+def _is_list_head_of_pthreads(target: Target, head: int, list_off: int) -> bool:
+    """Is ``head`` a non-empty list whose first element is a struct pthread (tcb == self)?"""
+    try:
+        first = target.read_word(head)
+        if not first or first == head:
+            return False
+        pd = first - list_off
+        tcb, _dtv, self_ = target.read_words(pd, 3)
+        return tcb == pd == self_
+    except MemoryReadError:
+        return False
+
+
+def classify_orphan(target: Target, orphan: PthreadInfo, live_pds: Dict[int, int],
+                    used_head: Optional[int]) -> str:
+    """exited-unjoined (still on GL(dl_stack_used)), cached (GL(dl_stack_cache)) or unowned."""
+    if orphan.list_off is None or not orphan.ring:
+        return "unowned"
+    lo = orphan.list_off
+    members = {a - lo for a in orphan.ring}
+    if members & set(live_pds):
+        return "exited-unjoined"
+    heads = [a for a in orphan.ring if a - lo not in live_pds and not _looks_like_pthread(target, a - lo)]
+    head = heads[0] if len(heads) == 1 else None
+    ps = target.pointer_size
+    if head is not None:
+        if used_head is not None:
+            return "exited-unjoined" if head == used_head else "cached"
+        # _rtld_global: dl_stack_used, dl_stack_user (holds the main thread), dl_stack_cache
+        if _is_list_head_of_pthreads(target, head + 2 * ps, lo):
+            return "exited-unjoined"
+        if _is_list_head_of_pthreads(target, head - 2 * ps, lo):
+            return "cached"
+    if orphan.tid == -1:
+        return "cached"
+    return "unowned"
+
+
+def _looks_like_pthread(target: Target, pd: int) -> bool:
+    try:
+        tcb, _dtv, self_ = target.read_words(pd, 3)
+    except MemoryReadError:
+        return False
+    return tcb == pd == self_
+
+
+def rlimit_stack(target: Target, sizes: List[int]) -> Tuple[Optional[int], str]:
+    """RLIMIT_STACK's soft value: /proc/PID/limits when the process is on this machine, else the
+    most common thread stack size (glibc's default stack size is RLIMIT_STACK)."""
+    if target.kind in ("live", "remote") and target.pid:
+        try:
+            with open("/proc/%d/limits" % target.pid) as fh:
+                for line in fh:
+                    if line.startswith("Max stack size"):
+                        soft = line[len("Max stack size"):].split()[0]
+                        return (None if soft == "unlimited" else int(soft)), "/proc/%d/limits" % target.pid
+        except (OSError, ValueError, IndexError):
+            pass
+    if sizes:
+        size, _n = collections.Counter(sizes).most_common(1)[0]
+        return size, "inferred from the most common thread stack size"
+    return None, "unknown"
+
+
+def analyze_threads(target: Target, maps: List[Mapping]) -> ThreadsReport:
+    ps = target.pointer_size
+    by_end = {m.end: m for m in maps}
+
+    def containing(addr):
+        for m in maps:
+            if m.start <= addr < m.end:
+                return m
+        return None
+
+    def has_guard(m):
+        below = by_end.get(m.start)
+        return below is not None and below.kind == "guard"
+
+    threads: List[ThreadStack] = []
+    live_pds: Dict[int, int] = {}
+    list_off = None
+    for t in target.threads():
+        m = containing(t.sp)
+        ts = ThreadStack(t, m, bool(m and has_guard(m)))
+        pd = None
+        fs = t.regs.get("fs_base") if ps == 8 else None
+        if fs and _looks_like_pthread(target, fs):
+            pd = fs
+        elif m is not None and m.kind == "thread-stack":
+            cands = find_pthreads(target, m.start, m.end)
+            pd = cands[-1] if cands else None
+        if pd is not None:
+            if list_off is None:
+                list_off = _list_offset(target, pd)
+            ts.pthread = describe_pthread(target, pd, list_off)
+            live_pds[pd] = t.lwp
+        threads.append(ts)
+
+    # GL(dl_stack_used): the ring holding a live non-main thread
+    used_head = None
+    for ts in threads:
+        p = ts.pthread
+        if p and p.ring and ts.mapping is not None and ts.mapping.kind == "thread-stack":
+            heads = [a for a in p.ring if a - p.list_off not in live_pds
+                     and not _looks_like_pthread(target, a - p.list_off)]
+            if len(heads) == 1:
+                used_head = heads[0]
+                break
+
+    owned = {ts.mapping.start for ts in threads if ts.mapping is not None}
+    orphans: List[OrphanStack] = []
+    for m in maps:
+        if m.kind != "thread-stack" or m.start in owned:
+            continue
+        cands = find_pthreads(target, m.start, m.end)
+        info = None
+        reason = "unowned"
+        if cands:
+            pd = cands[-1]
+            lo = list_off if list_off is not None else _list_offset(target, pd)
+            list_off = list_off if list_off is not None else lo
+            info = describe_pthread(target, pd, lo)
+            reason = classify_orphan(target, info, live_pds, used_head)
+        orphans.append(OrphanStack(m, reason, has_guard(m), info))
+
+    sizes = [ts.mapping.size for ts in threads if ts.mapping is not None and ts.mapping.kind == "thread-stack"]
+    sizes += [o.mapping.size for o in orphans]
+    rl, src = rlimit_stack(target, sizes)
+    rep = ThreadsReport(threads, orphans, rl, src, ps)
+    rep.findings = findings(rep, maps)
+    return rep
+
+
+def _mib(n: int) -> str:
+    v = n / float(1 << 20)
+    return ("%.0f" % v) if abs(v - round(v)) < 0.05 else ("%.1f" % v)
+
+
+def _gib(n: int) -> str:
+    return "%.1f" % (n / float(1 << 30))
+
+
+def findings(rep: ThreadsReport, maps: List[Mapping]) -> List[str]:
+    out = []
+    unjoined = [o for o in rep.orphans if o.reason == "exited-unjoined"]
+    cached = [o for o in rep.orphans if o.reason == "cached"]
+    unowned = [o for o in rep.orphans if o.reason == "unowned"]
+    if unjoined:
+        out.append("%d exited thread%s never joined: %s MiB of stack (call pthread_join or detach them)" % (
+            len(unjoined), "s were" if len(unjoined) > 1 else " was", _mib(sum(o.mapping.size for o in unjoined))))
+    if cached:
+        out.append("%d stack%s cached by glibc after join/detach: %s MiB (reused by the next threads)" % (
+            len(cached), "s" if len(cached) > 1 else "", _mib(sum(o.mapping.size for o in cached))))
+    if unowned:
+        out.append("%d stack-shaped mapping%s with no owning thread: %s MiB" % (
+            len(unowned), "s" if len(unowned) > 1 else "", _mib(sum(o.mapping.size for o in unowned))))
+    tot = rep.totals()
+    if rep.pointer_size == 4:
+        space = 3 << 30
+        stack_all = tot["stack_bytes"] + tot["orphan_bytes"]
+        if stack_all >= space // 4:
+            common = tot["by_size"][0]["size"] if tot["by_size"] else 0
+            out.append("%d threads x %s MiB stacks = %s GiB of a 3 GiB address space (32-bit target)" % (
+                tot["stacks"] + tot["orphan_stacks"], _mib(common), _gib(stack_all)))
+    if rep.rlimit_stack and rep.rlimit_stack > (8 << 20):
+        out.append("RLIMIT_STACK is %s MiB (%s): every new thread reserves that much" % (
+            _mib(rep.rlimit_stack), rep.rlimit_source))
+    for ts in rep.threads:
+        m = ts.mapping
+        if m is None:
+            out.append("thread %d (LWP %d): SP 0x%x is in no mapping (stack overflow or corrupt SP)" % (
+                ts.thread.num, ts.thread.lwp, ts.thread.sp))
+            continue
+        if m.kind == "thread-stack" and ts.used is not None and ts.used >= 0.75 * m.size:
+            if m.size >= 1 << 20:
+                use = "%s of %s MiB" % (_mib(ts.used), _mib(m.size))
+            else:
+                use = "%d of %d KiB" % (ts.used >> 10, m.size >> 10)
+            out.append("thread %d (LWP %d) uses %s of its stack (%.0f%%)" % (
+                ts.thread.num, ts.thread.lwp, use, 100.0 * ts.used / m.size))
+    return out
