@@ -20,13 +20,16 @@ def _top_parser(commands):
                   description="Where did the memory go: analyse a core file without gdb.",
                   epilog="commands: " + "; ".join("%s: %s" % (c.name, c.summary) for c in commands.values()))
     p.add_argument("--core", metavar="CORE", help="core file (gcore or kernel)")
+    p.add_argument("--vgdb-pid", metavar="PID", type=int,
+                   help="a process running under valgrind --vgdb=yes (for the 'vgdb …' commands)")
     p.add_argument("--exe", metavar="EXE", help="the executable (checked against the core's build-id)")
     p.add_argument("--sysroot", metavar="DIR", help="where the core's shared libraries are found")
     p.add_argument("--allow-truncated", action="store_true", help="analyse a truncated core, skipping what is missing")
     p.add_argument("--max-dump-size", metavar="SIZE", default="1G", help="dump bound (default 1G)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    p.add_argument("command", metavar="COMMAND", choices=sorted(commands), help="one of: " + ", ".join(sorted(commands)))
+    names = sorted({n.split()[0] for n in commands})
+    p.add_argument("command", metavar="COMMAND", choices=names, help="one of: " + ", ".join(names))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
     return p
 
@@ -39,7 +42,14 @@ def main(argv=None) -> int:
         commands = by_name()
         top = _top_parser(commands)
         ns = top.parse_args(argv)
-        if not ns.core:
+        if ns.command == "vgdb":
+            subs = sorted(n.split()[1] for n in commands if n.startswith("vgdb "))
+            if not ns.args or ns.args[0] not in subs:
+                raise UsageError("vgdb needs a subcommand: %s" % ", ".join(subs))
+            ns.command = "vgdb " + ns.args.pop(0)
+            if not ns.vgdb_pid:
+                raise UsageError("vgdb commands need --vgdb-pid PID (a process under valgrind --vgdb=yes)")
+        elif not ns.core:
             raise UsageError("--core CORE is required (inside gdb, use the 'memleak' commands instead)")
         settings = Settings(debug=ns.debug, progress=not ns.no_progress)
         try:
@@ -51,6 +61,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(ns.args)
 
         def make_target():
+            if ns.vgdb_pid:
+                from .core.proctarget import VgdbProcessTarget
+                return VgdbProcessTarget(ns.vgdb_pid)
             from .core.elfcore import CoreTarget
             t = CoreTarget(ns.core, exe=ns.exe, sysroot=ns.sysroot, allow_truncated=ns.allow_truncated)
             t.check_executable()

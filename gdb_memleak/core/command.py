@@ -98,9 +98,10 @@ class Command:
 
 
 def registry() -> List[Command]:
-    from . import cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps, cmd_threads, cmd_whatis
+    from . import cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps, cmd_threads, cmd_vgdb, cmd_whatis
     return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand(), cmd_census.CensusCommand(), cmd_heap.HeapCommand(),
-            cmd_leaks.LeaksCommand(), cmd_threads.ThreadsCommand(), cmd_whatis.WhatisCommand()]
+            cmd_leaks.LeaksCommand(), cmd_threads.ThreadsCommand(), cmd_whatis.WhatisCommand(),
+            cmd_vgdb.VgdbLeakCheck(), cmd_vgdb.VgdbBlocks(), cmd_vgdb.VgdbWhoPointsAt(), cmd_vgdb.VgdbWatch()]
 
 
 def by_name() -> Dict[str, Command]:

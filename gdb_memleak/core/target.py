@@ -72,6 +72,10 @@ class Module:
 AT_PHDR, AT_PAGESZ, AT_BASE, AT_ENTRY, AT_SYSINFO_EHDR, AT_RANDOM, AT_EXECFN = 3, 6, 7, 9, 33, 25, 31
 
 
+VGDB_HINT = ("not connected to valgrind's gdbserver: run the program as 'valgrind --vgdb=yes --vgdb-error=0 PROG', "
+             "then in gdb 'target remote | vgdb --pid=N' (or offline: python -m gdb_memleak --vgdb-pid N vgdb ...)")
+
+
 class Target:
     """Abstract target.  Subclasses set the attributes and implement the ``_load_*`` hooks."""
 
@@ -155,6 +159,21 @@ class Target:
     def type_size(self, name: str) -> Optional[int]:
         """sizeof(name) from debug info when the target has it (gdb); None otherwise."""
         return None
+
+    def monitor(self, command: str) -> str:
+        """Run a valgrind gdbserver monitor command and return its text output."""
+        from .errors import TargetError
+        raise TargetError(VGDB_HINT)
+
+    def continue_to(self, location: str) -> bool:
+        """Resume until LOCATION is reached (a breakpoint); False when the program ended."""
+        from .errors import UsageError
+        raise UsageError("--breakpoint needs gdb connected to the process (inside gdb)")
+
+    def on_stop(self, callback):
+        """Call ``callback(target)`` at every stop of the program (gdb only)."""
+        from .errors import UsageError
+        raise UsageError("--every-stop needs gdb connected to the process (inside gdb)")
 
     def frames(self, thread_num: int, limit: int = 256) -> Optional[List[Tuple[int, int, int, Optional[str]]]]:
         """(level, sp, pc, function) of a thread's frames, innermost first, when the target can

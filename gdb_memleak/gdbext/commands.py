@@ -77,8 +77,17 @@ def _make_command_class(cmd):
         self.dont_repeat()
         run_command(cmd, arg, from_tty)
 
-    return type("Memleak_" + cmd.name.replace("-", "_"), (gdb.Command,),
+    return type("Memleak_" + cmd.name.replace("-", "_").replace(" ", "_"), (gdb.Command,),
                 {"__doc__": cmd.help_text("memleak " + cmd.name), "__init__": __init__, "invoke": invoke})
+
+
+class _SubPrefix(gdb.Command):
+    """valgrind's gdbserver answers as data: memleak vgdb leak-check | blocks | who-points-at | watch.
+
+Needs gdb connected to valgrind: valgrind --vgdb=yes --vgdb-error=0 PROG, then target remote | vgdb --pid=N"""
+
+    def __init__(self, word):
+        super().__init__("memleak " + word, gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
 
 
 class _SetPrefix(gdb.Command):
@@ -153,5 +162,9 @@ def register():
     _REGISTERED.append(_SetPrefix("set"))
     _REGISTERED.append(_SetPrefix("show"))
     _REGISTERED.extend([DebugParam(), ProgressParam(), MaxDumpSizeParam()])
+    prefixes = set()
     for cmd in registry():
+        if " " in cmd.name and cmd.name.split()[0] not in prefixes:
+            prefixes.add(cmd.name.split()[0])
+            _REGISTERED.append(_SubPrefix(cmd.name.split()[0]))
         _REGISTERED.append(_make_command_class(cmd)())

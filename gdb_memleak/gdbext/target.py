@@ -184,6 +184,62 @@ class GdbTarget(Target):
                 orig_frame.select()
         return out
 
+    def monitor(self, command: str) -> str:
+        from ..core.target import VGDB_HINT
+        if self.kind != "remote":
+            raise TargetError(VGDB_HINT)
+        if not getattr(self, "_valgrind_checked", False):
+            try:
+                probe = gdb.execute("monitor v.info n_errs_found", to_string=True)
+            except gdb.error as e:
+                raise TargetError("%s (the remote stub said: %s)" % (VGDB_HINT, e))
+            if "n_errs_found" not in probe and "errors found" not in probe:
+                raise TargetError(VGDB_HINT)
+            self._valgrind_checked = True
+        try:
+            return gdb.execute("monitor " + command, to_string=True)
+        except gdb.error as e:
+            raise TargetError("monitor %s: %s" % (command, e))
+
+    def continue_to(self, location: str) -> bool:
+        bps = getattr(self, "_watch_bps", None)
+        if bps is None:
+            bps = self._watch_bps = {}
+        bp = bps.get(location)
+        if bp is None or not bp.is_valid():
+            try:
+                bp = gdb.Breakpoint(location, internal=True)
+                bp.silent = True
+            except (gdb.error, RuntimeError) as e:
+                raise TargetError("cannot set a breakpoint at %s: %s" % (location, e))
+            bps[location] = bp
+        before = bp.hit_count
+        try:
+            gdb.execute("continue", to_string=True)
+        except gdb.error as e:
+            if "not being run" in str(e) or "exited" in str(e):
+                return False
+            raise TargetError("continue: %s" % e)
+        alive = self.inferior.pid != 0 and any(t.is_valid() for t in self.inferior.threads())
+        return alive and bp.hit_count > before
+
+    def on_stop(self, callback):
+        """Call ``callback(target)`` with a fresh GdbTarget at every stop; returns a disconnector."""
+        def handler(event):
+            try:
+                callback(GdbTarget())
+            except Exception as e:   # never break gdb's event loop
+                gdb.write("memleak vgdb watch: %s\n" % e, gdb.STDERR)
+        gdb.events.stop.connect(handler)
+        return lambda: gdb.events.stop.disconnect(handler)
+
+    def release(self):
+        """Delete what continue_to created."""
+        for bp in (getattr(self, "_watch_bps", None) or {}).values():
+            if bp.is_valid():
+                bp.delete()
+        self._watch_bps = {}
+
     def frames(self, thread_num: int, limit: int = 256):
         try:
             orig_thread = gdb.selected_thread()
