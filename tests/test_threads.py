@@ -92,3 +92,21 @@ def test_whatis_bad_address_is_one_line(threads_target):
     variant, exe, run, core = threads_target
     r = run_cli("--core", core, "--exe", exe, "whatis", "nonsense")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_threads_32bit_address_space_finding(workdir, tmp_path):
+    """The field case: `ulimit -s 32768` on a 32-bit service: every thread reserves 32 MiB."""
+    exe = build(workdir, "threads.c", "threads-m32", VARIANTS["m32"])
+    run = Running(["sh", "-c", "ulimit -s 32768 && exec %s 24" % exe])
+    try:
+        core = run.gcore(os.path.join(str(tmp_path), "t32.core"))
+        out = str(tmp_path / "t.json")
+        r = run_cli("--core", core, "--exe", exe, "threads", "--check", "--json", out)
+        assert r.returncode == 0, r.stderr
+        doc = load_json(out)
+        assert doc["totals"]["rlimit_stack"] == 32 << 20
+        assert any("x 32 MiB stacks =" in f and "of a 3 GiB address space (32-bit target)" in f
+                   for f in doc["findings"]), doc["findings"]
+        assert any("24 exited threads were never joined: 768 MiB" in f for f in doc["findings"]), doc["findings"]
+    finally:
+        run.kill()
