@@ -1,7 +1,6 @@
 """Shared helpers of the scripts/bench_*.py benchmarks: timing child commands and their peak RSS,
 building and snapshotting the big-heap fixture."""
 import os
-import resource
 import subprocess
 import sys
 import time

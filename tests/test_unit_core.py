@@ -106,11 +106,12 @@ def test_iter_chunks_skips_holes():
 
 
 def _graph(n, edges):
+    """CSR arrays (indptr, indices) of a small directed graph, as find_leaks builds them."""
     import numpy as np
-    from gdb_memleak.core.leaks import _csr
     src = np.array([a for a, _ in edges], dtype=np.int64)
     dst = np.array([b for _, b in edges], dtype=np.int64)
-    return _csr(src, dst, n)
+    order = np.argsort(src, kind="stable")
+    return np.searchsorted(src[order], np.arange(n + 1)).astype(np.int64), dst[order]
 
 
 def test_mark_long_chain_and_wide_fanout():

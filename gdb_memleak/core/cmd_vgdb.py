@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .command import Command, add_json_argument
-from .errors import MemleakError, MemoryReadError, TargetError, UsageError
+from .errors import MemoryReadError, TargetError, UsageError
 from .render import table, write_json
 from .textparse import human_size
 from .vgdb import parse_block_list, parse_leak_check, parse_who_points_at, timeline

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .errors import DependencyError, MemoryReadError, TargetError
-from .target import AT_PHDR, Module, Region, Target, ThreadInfo
+from .target import AT_PHDR, Region, Target, ThreadInfo
 
 try:
     from elftools.elf.elffile import ELFFile

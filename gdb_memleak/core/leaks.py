@@ -17,13 +17,13 @@ every other leaked chunk is "indirect" -- the same split memcheck's clique marki
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from .heap import Heap
-from .maps import Mapping
+from .maps import Mapping, mapping_at
 from .progress import Progress, iter_chunks
 from .target import Target
 
@@ -109,10 +109,9 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
     chunks = sorted((s.start, s.end) for s in heap.segments if s.kind == "mmapped")
     sps = {}
     for t in target.threads():
-        for m in maps:
-            if m.start <= t.sp < m.end:
-                sps.setdefault(m.start, []).append(t)
-                break
+        m = mapping_at(maps, t.sp)
+        if m is not None:
+            sps.setdefault(m.start, []).append(t)
     roots: List[RootRange] = []
     excluded: List[Tuple[int, int, str]] = []
     ps = target.pointer_size
@@ -156,13 +155,6 @@ def _subtract(start: int, end: int, holes: List[Tuple[int, int]]) -> List[Tuple[
     if cur < end:
         out.append((cur, end))
     return out
-
-
-def _csr(src: np.ndarray, dst: np.ndarray, n: int):
-    order = np.argsort(src, kind="stable")
-    indices = dst[order]
-    indptr = np.searchsorted(src[order], np.arange(n + 1, dtype=src.dtype)).astype(np.int64)
-    return indptr, indices
 
 
 def _expand(frontier: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ vdso/vvar/vsyscall.  Works from names when the target has them (live) and from s
 adjacency, auxv and glibc's own structures when it does not (cores)."""
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -119,6 +120,14 @@ def looks_like_main_heap(target: Target, r: Region) -> bool:
     return False
 
 
+def mapping_at(maps: List[Mapping], addr: int) -> Optional[Mapping]:
+    """The mapping holding ``addr`` (``maps`` sorted by start, as classify returns them)."""
+    i = bisect.bisect_right([m.start for m in maps], addr) - 1
+    if i >= 0 and addr < maps[i].end:
+        return maps[i]
+    return None
+
+
 def classify(target: Target) -> List[Mapping]:
     regions = target.regions()
     threads = target.threads()
@@ -130,10 +139,7 @@ def classify(target: Target) -> List[Mapping]:
     by_end = {m.end: m for m in out}
 
     def containing(addr):
-        for m in out:
-            if m.start <= addr < m.end:
-                return m
-        return None
+        return mapping_at(out, addr)
 
     # Cores carry no names for the special mappings: recover them.
     vd = auxv.get(AT_SYSINFO_EHDR)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, List, Sequence
+from typing import Iterable, Sequence
 
 from .errors import MemleakError
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import MemoryReadError
-from .maps import Mapping
+from .maps import Mapping, mapping_at
 from .target import Target, ThreadInfo
 
 TOP_SCAN = 64 << 10          # struct pthread lies within this much of a stack block's top
@@ -225,12 +225,6 @@ def analyze_threads(target: Target, maps: List[Mapping]) -> ThreadsReport:
     ps = target.pointer_size
     by_end = {m.end: m for m in maps}
 
-    def containing(addr):
-        for m in maps:
-            if m.start <= addr < m.end:
-                return m
-        return None
-
     def has_guard(m):
         below = by_end.get(m.start)
         return below is not None and below.kind == "guard"
@@ -239,7 +233,7 @@ def analyze_threads(target: Target, maps: List[Mapping]) -> ThreadsReport:
     live_pds: Dict[int, int] = {}
     list_off = None
     for t in target.threads():
-        m = containing(t.sp)
+        m = mapping_at(maps, t.sp)
         ts = ThreadStack(t, m, bool(m and has_guard(m)))
         pd = None
         fs = t.regs.get("fs_base") if ps == 8 else None

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import MemoryReadError
 from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, walk_heap
-from .maps import Mapping, classify
+from .maps import Mapping, classify, mapping_at
 from .modules import format_symbol, module_at, symbolize
 from .target import Target
 from .textparse import human_size
@@ -17,13 +17,6 @@ from .textparse import human_size
 FREE_TEXT = {FREE_BITS: "free (in a bin: next chunk's PREV_INUSE is clear)", FREE_TCACHE: "free (tcache)",
              FREE_FAST: "free (fastbin)"}
 PF_X = 1
-
-
-def _mapping_at(maps: List[Mapping], addr: int) -> Optional[Mapping]:
-    for m in maps:
-        if m.start <= addr < m.end:
-            return m
-    return None
 
 
 def disassemble(target: Target, addr: int, before: int = 4, after: int = 4) -> Optional[List[dict]]:
@@ -65,7 +58,7 @@ def whatis(target: Target, addr: int, maps: Optional[List[Mapping]] = None) -> d
     maps = maps if maps is not None else classify(target)
     ps = target.pointer_size
     out: dict = {"address": hex(addr)}
-    m = _mapping_at(maps, addr)
+    m = mapping_at(maps, addr)
     if m is None:
         below = max((x for x in maps if x.end <= addr), key=lambda x: x.end, default=None)
         above = min((x for x in maps if x.start > addr), key=lambda x: x.start, default=None)
@@ -109,7 +102,7 @@ def whatis(target: Target, addr: int, maps: Optional[List[Mapping]] = None) -> d
         if addr % ps == 0 and not out.get("code"):
             val = target.read_word(addr)
             out["value"] = hex(val)
-            vm = _mapping_at(maps, val)
+            vm = mapping_at(maps, val)
             vs = symbolize(target, val) if vm is not None else None
             what = format_symbol(vs) if vs else (vm.kind if vm else "not an address")
             from .vtables import build_index
@@ -189,14 +182,14 @@ def _heap(target, maps, m, addr, out, lines):
     state = "in use" if free == 0 else FREE_TEXT.get(free, "free")
     chunk = {"start": hex(c), "user": hex(user), "size": size, "state": state, "offset": addr - user}
     cls = None
-    try:
-        from .vtables import build_index
-        first = target.read_word(user)
-        k = build_index(target).primary_class_of(np.array([first], dtype=np.uint64))[0]
-        if k >= 0 and free == 0:
-            cls = build_index(target).classes[int(k)].name
-    except MemoryReadError:
-        pass
+    if free == 0:
+        try:
+            from .vtables import build_index
+            idx = build_index(target)
+            k = idx.primary_class_of(np.array([target.read_word(user)], dtype=np.uint64))[0]
+            cls = idx.classes[int(k)].name if k >= 0 else None
+        except MemoryReadError:
+            pass
     chunk["class"] = cls
     out["chunk"] = chunk
     where = "at the start of" if addr == user else (
