@@ -6,8 +6,7 @@ import time
 import numpy as np
 
 from .command import Command, add_json_argument
-from .errors import MemleakError
-from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, walk_heap
+from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, require_heap
 from .maps import classify
 from .render import table, write_json
 from .textparse import human_size
@@ -41,9 +40,7 @@ class HeapCommand(Command):
     def run(self, ctx, args):
         t = ctx.target
         t0 = time.monotonic()
-        heap = walk_heap(t, classify(t))
-        if not heap.segments:
-            raise MemleakError("no glibc heap found (no [heap], no arena, no mmapped chunk): not glibc malloc?")
+        heap = require_heap(t, classify(t))
         rows, arenas = [], []
         for seg in heap.segments:
             if seg.kind == "mmapped":

@@ -6,8 +6,8 @@ import time
 import numpy as np
 
 from .command import Command, add_json_argument
-from .errors import MemleakError, UsageError
-from .heap import walk_heap
+from .errors import UsageError
+from .heap import require_heap
 from .leaks import find_leaks
 from .maps import classify
 from .render import table, write_json, write_text
@@ -49,10 +49,7 @@ class LeaksCommand(Command):
         t = ctx.target
         t0 = time.monotonic()
         maps = classify(t)
-        heap = walk_heap(t, maps)
-        if not heap.segments:
-            hint = " (under valgrind, use 'memleak vgdb leak-check')" if t.kind == "remote" else ""
-            raise MemleakError("no glibc heap found (no [heap], no arena, no mmapped chunk)" + hint)
+        heap = require_heap(t, maps)
         orphans = {}
 
         def stale_reason(m):

@@ -443,6 +443,17 @@ def heap_ranges(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
     return sorted(out)
 
 
+def require_heap(target: Target, maps: Optional[List[Mapping]] = None) -> Heap:
+    """walk_heap, or one clear error when the target has no glibc heap at all."""
+    heap = walk_heap(target, maps)
+    if not heap.segments:
+        from .errors import MemleakError
+        hint = (" (under valgrind malloc is valgrind's: use 'memleak vgdb leak-check')"
+                if target.kind == "remote" else ": not glibc malloc?")
+        raise MemleakError("no glibc heap found (no [heap], no arena, no mmapped chunk)" + hint)
+    return heap
+
+
 def walk_heap(target: Target, maps: Optional[List[Mapping]] = None) -> Heap:
     cached = getattr(target, "_heap", None)
     if cached is None:

@@ -163,11 +163,16 @@ def _is_list_head_of_pthreads(target: Target, head: int, list_off: int) -> bool:
         first = target.read_word(head)
         if not first or first == head:
             return False
-        pd = first - list_off
-        tcb, _dtv, self_ = target.read_words(pd, 3)
-        return tcb == pd == self_
     except MemoryReadError:
         return False
+    return _looks_like_pthread(target, first - list_off)
+
+
+def _ring_head(target: Target, info: PthreadInfo, live_pds: Dict[int, int]) -> Optional[int]:
+    """The one node of a struct pthread's list ring that is no struct pthread: the list head."""
+    heads = [a for a in info.ring if a - info.list_off not in live_pds
+             and not _looks_like_pthread(target, a - info.list_off)]
+    return heads[0] if len(heads) == 1 else None
 
 
 def classify_orphan(target: Target, orphan: PthreadInfo, live_pds: Dict[int, int],
@@ -179,8 +184,7 @@ def classify_orphan(target: Target, orphan: PthreadInfo, live_pds: Dict[int, int
     members = {a - lo for a in orphan.ring}
     if members & set(live_pds):
         return "exited-unjoined"
-    heads = [a for a in orphan.ring if a - lo not in live_pds and not _looks_like_pthread(target, a - lo)]
-    head = heads[0] if len(heads) == 1 else None
+    head = _ring_head(target, orphan, live_pds)
     ps = target.pointer_size
     if head is not None:
         if used_head is not None:
@@ -254,10 +258,8 @@ def analyze_threads(target: Target, maps: List[Mapping]) -> ThreadsReport:
     for ts in threads:
         p = ts.pthread
         if p and p.ring and ts.mapping is not None and ts.mapping.kind == "thread-stack":
-            heads = [a for a in p.ring if a - p.list_off not in live_pds
-                     and not _looks_like_pthread(target, a - p.list_off)]
-            if len(heads) == 1:
-                used_head = heads[0]
+            used_head = _ring_head(target, p, live_pds)
+            if used_head is not None:
                 break
 
     owned = {ts.mapping.start for ts in threads if ts.mapping is not None}
