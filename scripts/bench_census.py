@@ -15,6 +15,42 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import GDB, PY, ROOT, big_heap, rss_of, timed  # noqa: E402
 
 
+def manual_method(work, where, start, n, redirect):
+    """Field report 004's steps: `set height 0`, `set logging on` (gdb.txt; the lines also go to the
+    terminal, here /dev/null, unless redirected), `x/Na START`, then its shell pipeline over the
+    log.  Returns (seconds, {"_ZTV...+off": count})."""
+    log = os.path.join(work, "gdb.txt")
+    cmd = ["gdb", "-nx", "-batch", "-ex", "set height 0", "-ex", "set logging file " + log,
+           "-ex", "set logging overwrite on"] + (["-ex", "set logging redirect on"] if redirect else []) + [
+           "-ex", "set logging enabled on", "-ex", "x/%da 0x%x" % (n, start), "-ex", "set logging enabled off"] + where
+    t = time.monotonic()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = subprocess.run("cat %s | grep '<' | awk -F '<' '{print $2}' | awk -F '>' '{print $1}' "
+                         "| sort | uniq -c | sort -rn" % log, shell=True, capture_output=True, text=True).stdout
+    dt = time.monotonic() - t
+    # the report's awk keeps only the first <symbol> of a line (x/a prints two words per line):
+    # count every one, untimed, to compare with ours
+    every = subprocess.run("grep -o '<_ZTV[^>]*>' %s | sort | uniq -c" % log, shell=True, capture_output=True,
+                           text=True).stdout
+    os.unlink(log)
+    counts = {m.group(2): int(m.group(1)) for m in re.finditer(r"(\d+) <(_ZTV\w+\+\d+)>", every)}
+    field = sum(int(m.group(1)) for m in re.finditer(r"(\d+) (_ZTV\w+\+\d+)\s*$", out, re.M))
+    return dt, counts, field
+
+
+def ours_in_gdb(work, where, start, end):
+    """vtable-census on [start, end) as the first command of a gdb session, timed inside gdb around
+    the whole command (target set-up, symbols, scan, output).  Returns (s, setup s, raw counts)."""
+    out = os.path.join(work, "r.json")
+    tfile = os.path.join(work, "t.txt")
+    timed(GDB + ["-ex", "python import time; _t0 = time.monotonic()",
+                 "-ex", "memleak vtable-census 0x%x 0x%x --raw --json %s" % (start, end, out),
+                 "-ex", "python open(%r, 'w').write(str(time.monotonic() - _t0))" % tfile] + where, cwd=ROOT)
+    doc = json.load(open(out))
+    counts = {"%s+%d" % (p["vtable"], p["offset"]): p["count"] for p in doc["points"]}
+    return float(open(tfile).read()), doc["setup_seconds"], counts
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024)
@@ -42,30 +78,22 @@ def main():
         census("gdb live (attach)", gdb + ["-p", str(run.pid), "-ex", "memleak vtable-census --heap --json " + out])
         base_gdb = rss_of(gdb + [exe, core])
         base_py = rss_of([PY, "-c", "import numpy, elftools, tabulate"])
-        # the manual method on a range of the heap
+        # the manual method on a range of the heap, as field report 004 runs it
         maps = os.path.join(work, "m.json")
         subprocess.run([PY, "-m", "gdb_memleak", "--core", core, "maps", "--kind", "heap", "--json", maps],
                        check=True, cwd=ROOT, capture_output=True)
         heap = json.load(open(maps))["mappings"][0]
         start = int(heap["start"], 16) + (1 << 20)
         n = (a.manual_mib << 20) // 8
-        log = os.path.join(work, "gdb.txt")
-        manual_cmd = ["gdb", "-nx", "-batch", "-ex", "set logging file " + log, "-ex", "set logging redirect on",
-                      "-ex", "set logging overwrite on", "-ex", "set logging enabled on",
-                      "-ex", "x/%da 0x%x" % (n, start), "-ex", "set logging enabled off", exe, core]
-        t = time.monotonic()
-        subprocess.run(manual_cmd, capture_output=True)
-        grep = subprocess.run("grep -o '<_ZTV[^>]*>' %s | sort | uniq -c | sort -rn" % log, shell=True,
-                              capture_output=True, text=True).stdout
-        manual_s = time.monotonic() - t
-        out2 = os.path.join(work, "r.json")
-        t = time.monotonic()
-        subprocess.run(gdb + ["-ex", "memleak vtable-census 0x%x 0x%x --raw --json %s" % (start, start + n * 8, out2),
-                              exe, core], check=True, capture_output=True)
-        ours_s = json.load(open(out2))["seconds"]
-        ours_total = time.monotonic() - t
-        manual_counts = {m.group(2): int(m.group(1)) for m in re.finditer(r"(\d+) <(_ZTV\w+\+\d+)>", grep)}
-        ours_counts = {"%s+%d" % (p["vtable"], p["offset"]): p["count"] for p in json.load(open(out2))["points"]}
+        end = start + n * 8
+        manual = []
+        for label, where, redirect in (("field procedure, live (attach)", ["-p", str(run.pid)], False),
+                                       ("field procedure, core", [exe, core], False),
+                                       ("log only (`set logging redirect on`), core", [exe, core], True)):
+            manual.append((label,) + manual_method(work, where, start, n, redirect))
+        ours = []
+        for label, where in (("gdb live (attach)", ["-p", str(run.pid)]), ("gdb on the core", [exe, core])):
+            ours.append((label,) + ours_in_gdb(work, where, start, end))
         print("\n## vtable-census (%s, %d MiB heap, %d objects; gcore took %.1f s)\n" % (
             time.strftime("%Y-%m-%d"), a.mib, sum(c["count"] for c in doc["classes"]), gcore_s))
         print("| where | scanned | setup s | scan s | MB/s | wall s | peak RSS MiB (baseline) |")
@@ -74,11 +102,19 @@ def main():
             basel = base_py if label.startswith("offline") else base_gdb
             print("| %s | %.0f MiB | %.2f | %.2f | %.0f | %.1f | %.0f (%.0f) |" % (
                 label, nb / 2**20, setup, scan, rate, wall, rss, basel))
-        print("\nManual method on %d MiB (`x/%da` logged + grep/sort/uniq): %.1f s; "
-              "vtable-census on the same range: %.3f s in the command (%.1f s with gdb start-up); "
-              "ratio %.0fx (command) / %.0fx (wall). Counts identical: %s\n" % (
-                  a.manual_mib, n, manual_s, ours_s, ours_total, manual_s / max(ours_s, 1e-9),
-                  manual_s / ours_total, manual_counts == ours_counts))
+        print("\n### %d MiB range: the manual method against vtable-census\n" % a.manual_mib)
+        print("| manual method (`x/%da` + grep/awk/sort/uniq) | s | s/MiB | every `<_ZTV…>` of the log "
+              "equals our raw counts | vptrs the report's awk pipeline counts / ours |" % n)
+        print("|---|---|---|---|---|")
+        for label, t, counts, field_n in manual:
+            print("| %s | %.1f | %.2f | %s | %d / %d |" % (label, t, t / a.manual_mib, counts == ours[0][3],
+                                                         field_n, sum(ours[0][3].values())))
+        print("\n| vtable-census | whole command s (first in the gdb session) | of which setup s | ratio field/ours | ratio log-only/ours |")
+        print("|---|---|---|---|---|")
+        field = {"gdb live (attach)": manual[0][1], "gdb on the core": manual[1][1]}
+        for label, cmd_s, setup_s, counts in ours:
+            print("| %s | %.3f | %.3f | %.0fx | %.0fx |" % (label, cmd_s, setup_s, field[label] / cmd_s,
+                                                          manual[2][1] / cmd_s))
     finally:
         run.kill()
         subprocess.run(["rm", "-rf", work])

@@ -5,7 +5,7 @@ import pytest
 
 from gdb_memleak.core.errors import MemoryReadError
 from gdb_memleak.core.maps import classify, heap_max_size
-from gdb_memleak.core.progress import iter_chunks
+from gdb_memleak.core.progress import iter_chunks, map_chunks
 from gdb_memleak.core.target import AT_RANDOM, FakeTarget, Region, ThreadInfo
 from gdb_memleak.core.textparse import (human_size, parse_core_path_from_info_target, parse_info_auxv,
                                         parse_info_proc_mappings, parse_size, parse_smaps)
@@ -103,6 +103,55 @@ def test_iter_chunks_skips_holes():
     assert skipped == [(0x12000, 0x13000, "unreadable")]
     with pytest.raises(MemoryReadError):
         t.read(0x12000, 8)
+
+
+class _FileBackedFake(FakeTarget):
+    """Fast reads everywhere except ``slow`` (as for a core's file-backed gaps)."""
+
+    def __init__(self, segments, slow=()):
+        super().__init__(segments)
+        self.slow = slow
+
+    def fast_read_into(self, addr, buf):
+        if any(a < addr + len(buf) and addr < b for a, b in self.slow):
+            return False
+        try:
+            buf[:] = self.read(addr, len(buf))
+        except MemoryReadError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_map_chunks_in_order_with_slow_and_unreadable_chunks(workers):
+    data = bytes(range(256)) * 0x100           # 64 KiB
+    t = _FileBackedFake({0x10000: data, 0x30000: data}, slow=[(0x14000, 0x15000)])
+
+    class Scratch:
+        def __init__(self):
+            self.buf = bytearray(0x2000)
+
+    skipped = []
+    got = list(map_chunks(t, [(0x10000, 0x20000), (0x2f000, 0x40000)], 0x2000,
+                          lambda a, d, sc: (a, bytes(d)), Scratch, None, skipped, workers=workers))
+    # order kept; each result's bytes are the target's, even though every thread reuses its buffer
+    assert [g[0] for g in got] == sorted(g[0] for g in got)
+    for addr, n, (a2, b) in got:
+        assert addr == a2 and n == len(b) and b == bytes(t.read(addr, n))
+    assert sum(n for _, n, _ in got) == 0x10000 + 0x10000
+    assert skipped == [(0x2f000, 0x30000, "unreadable")]
+
+
+def test_prefilter_windows_merge_only_across_code():
+    from gdb_memleak.core.census import prefilter_windows
+    from gdb_memleak.core.maps import Mapping
+    maps = [Mapping(0x1000, 0x2000, "r--p", "file", "/exe"), Mapping(0x5000, 0x9000, "rw-p", "heap"),
+            Mapping(0x10000, 0x20000, "r--p", "file", "/lib1"), Mapping(0x20000, 0x21000, "rw-p", "anon"),
+            Mapping(0x21000, 0x30000, "r--p", "file", "/lib2")]
+    wins = [(0x1100, 0x1200), (0x10100, 0x10200), (0x21100, 0x21200)]
+    # the heap splits exe from lib1; lib1 and lib2 merge over code and a small anonymous .bss
+    assert prefilter_windows(wins, maps) == [(0x1100, 0x1200), (0x10100, 0x21200)]
+    assert prefilter_windows(wins, None) == wins
 
 
 def _graph(n, edges):

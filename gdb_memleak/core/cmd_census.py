@@ -70,7 +70,7 @@ class CensusCommand(Command):
         total = sum(e - s for s, e in ranges)
         prog = Progress("vtable-census", total, ctx.progress_sink())
         from .census import census
-        res = census(t, index, ranges, heap if args.at_chunk_start else None, args.examples, prog)
+        res = census(t, index, ranges, heap if args.at_chunk_start else None, args.examples, prog, maps)
         prog.finish()
         elapsed = time.monotonic() - t0
         rows = []
@@ -84,7 +84,7 @@ class CensusCommand(Command):
         rows.sort(key=lambda r: (-r[1].count, -r[1].embedded, r[0].name))
         for vc, c in rows[:args.top or None]:
             if not c.sizes:     # no chunk sizes (plain scan): sizeof from debug info, when gdb has it
-                sz = t.type_size(vc.name)
+                sz = t.type_size(vc.name, vc.module)
                 if sz:
                     c.sizes[sz] = 1
         shown = rows[:args.top] if args.top else rows

@@ -1,4 +1,4 @@
-"""Reading ELF core files (gcore and kernel) with pyelftools over an mmap.
+"""Reading ELF core files (gcore and kernel) over an mmap: headers and notes with struct.
 
 ``CoreFile`` parses the layout: PT_LOAD segments, NT_FILE, NT_PRSTATUS (threads
 and registers), NT_PRPSINFO, NT_AUXV.  ``CoreTarget`` is the offline Target over
@@ -14,15 +14,9 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .errors import DependencyError, MemoryReadError, TargetError
+from .errors import MemoryReadError, TargetError
+from .modules import parse_elf_header
 from .target import AT_PHDR, Region, Target, ThreadInfo
-
-try:
-    from elftools.elf.elffile import ELFFile
-    from elftools.common.exceptions import ELFError
-except ImportError:  # pragma: no cover - exercised by the dependency check
-    ELFFile = None
-    ELFError = Exception
 
 NT_PRSTATUS, NT_PRPSINFO, NT_AUXV, NT_FILE = 1, 3, 6, 0x46494C45
 BIG_READ = 256 << 10
@@ -33,12 +27,13 @@ _X86_64_REGS = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_
 _I386_REGS = "ebx ecx edx esi edi ebp eax ds es fs gs orig_eax eip cs eflags esp ss".split()
 _AARCH64_REGS = ["x%d" % i for i in range(31)] + ["sp", "pc", "pstate"]
 _ARM_REGS = ["r%d" % i for i in range(13)] + ["sp", "lr", "pc", "cpsr", "orig_r0"]
-ARCHS = {
-    "EM_X86_64": ("x86-64", 32, 112, _X86_64_REGS, "rsp", "rip"),
-    "EM_386": ("i386", 24, 72, _I386_REGS, "esp", "eip"),
-    "EM_AARCH64": ("aarch64", 32, 112, _AARCH64_REGS, "sp", "pc"),
-    "EM_ARM": ("arm", 24, 72, _ARM_REGS, "sp", "pc"),
+ARCHS = {   # e_machine: EM_X86_64, EM_386, EM_AARCH64, EM_ARM
+    62: ("x86-64", 32, 112, _X86_64_REGS, "rsp", "rip"),
+    3: ("i386", 24, 72, _I386_REGS, "esp", "eip"),
+    183: ("aarch64", 32, 112, _AARCH64_REGS, "sp", "pc"),
+    40: ("arm", 24, 72, _ARM_REGS, "sp", "pc"),
 }
+ET_CORE, PT_LOAD, PT_NOTE = 4, 1, 4
 
 
 @dataclass
@@ -58,17 +53,10 @@ class FileMapping:
     path: str
 
 
-def _require_elftools():
-    if ELFFile is None:
-        raise DependencyError("pyelftools is not importable: run 'make install' "
-                              "(or pip install pyelftools for gdb's Python)")
-
-
 class CoreFile:
     """Layout of one core file.  Raises TargetError on anything that is not a usable core."""
 
     def __init__(self, path: str, allow_truncated: bool = False):
-        _require_elftools()
         self.path = path
         try:
             self._fh = open(path, "rb")
@@ -79,29 +67,33 @@ class CoreFile:
             raise TargetError("core file %s is empty" % path)
         self.file_size = size
         self.map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+        def read(off, n):
+            if off + n > size:
+                raise struct.error("header past the end of the file")
+            return self.map[off:off + n]
+        if self.map[:4] != b"\x7fELF":
+            raise TargetError("%s is not a readable ELF core: no ELF header" % path)
         try:
-            elf = ELFFile(self._fh)
-            if elf.header["e_type"] != "ET_CORE":
-                raise TargetError("%s is not a core file (ELF type %s)" % (path, elf.header["e_type"]))
-            machine = elf.header["e_machine"]
-            if machine not in ARCHS:
-                raise TargetError("%s: unsupported architecture %s" % (path, machine))
-            self.arch, self._pid_off, self._reg_off, self._reg_names, self._sp, self._pc = ARCHS[machine]
-            self.pointer_size = elf.elfclass // 8
-            self.byteorder = "little" if elf.little_endian else "big"
-            self.segments: List[Segment] = []
-            notes: List[Tuple[int, int]] = []
-            for i in range(elf.num_segments()):
-                h = elf._get_segment_header(i)  # header only: no section/segment object cost
-                if h["p_type"] == "PT_LOAD":
-                    self.segments.append(Segment(h["p_vaddr"], h["p_memsz"], h["p_offset"],
-                                                 h["p_filesz"], h["p_flags"]))
-                elif h["p_type"] == "PT_NOTE":
-                    notes.append((h["p_offset"], h["p_filesz"]))
-        except ELFError as e:
-            raise TargetError("%s is not a readable ELF core: %s" % (path, e))
-        except (struct.error, ValueError) as e:
+            hdr = parse_elf_header(read, 0, max_phdrs=1 << 22, machine=True)
+        except struct.error as e:
             raise TargetError("%s is truncated or corrupt: %s" % (path, e))
+        if hdr is None:
+            raise TargetError("%s is not a readable ELF core: no ELF header" % path)
+        cls, e, e_type, phdrs, machine = hdr
+        if e_type != ET_CORE:
+            raise TargetError("%s is not a core file (ELF type %d)" % (path, e_type))
+        if machine not in ARCHS:
+            raise TargetError("%s: unsupported architecture (e_machine %d)" % (path, machine))
+        self.arch, self._pid_off, self._reg_off, self._reg_names, self._sp, self._pc = ARCHS[machine]
+        self.pointer_size = cls
+        self.byteorder = "little" if e == "<" else "big"
+        self.segments: List[Segment] = []
+        notes: List[Tuple[int, int]] = []
+        for p_type, p_offset, p_vaddr, p_filesz, p_memsz, p_flags in phdrs:
+            if p_type == PT_LOAD:
+                self.segments.append(Segment(p_vaddr, p_memsz, p_offset, p_filesz, p_flags))
+            elif p_type == PT_NOTE:
+                notes.append((p_offset, p_filesz))
         self.segments.sort(key=lambda s: s.vaddr)
         self._starts = [s.vaddr for s in self.segments]
         needed = max([s.offset + s.filesz for s in self.segments] + [o + n for o, n in notes] + [0])
@@ -119,6 +111,25 @@ class CoreFile:
         self.fname: Optional[str] = None
         for off, n in notes:
             self._parse_notes(off, min(n, max(0, size - off)))
+
+    def file_offset(self, addr: int, n: int) -> Optional[int]:
+        """Offset in the core file of [addr, addr+n) when one segment holds all of it in the file."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0:
+            return None
+        s = self.segments[i]
+        if addr + n > s.vaddr + min(s.filesz, s.memsz):
+            return None
+        off = s.offset + (addr - s.vaddr)
+        return off if off + n <= self.file_size else None
+
+    def pread_into(self, addr: int, buf) -> bool:
+        """Copy [addr, addr+len(buf)) into ``buf`` straight from the file (GIL released);
+        False when that range is not one piece of the core's file data."""
+        off = self.file_offset(addr, len(buf))
+        if off is None:
+            return False
+        return os.preadv(self._fh.fileno(), [buf], off) == len(buf)
 
     # -- notes -------------------------------------------------------------
     def _parse_notes(self, off: int, length: int):
@@ -287,21 +298,20 @@ class CoreTarget(Target):
         return self._file_cache[path]
 
     def read(self, addr: int, n: int):
+        off = self.core.file_offset(addr, n)
+        if off is not None:
+            if n >= BIG_READ:
+                # pread into a fresh buffer: mmapped pages would stay in our RSS
+                return memoryview(os.pread(self.core._fh.fileno(), n, off))
+            return memoryview(self.core.map)[off:off + n]
         i = bisect.bisect_right(self._starts, addr) - 1
-        if i >= 0:
-            s = self._segs[i]
-            avail = min(s.filesz, s.memsz)
-            if addr + n <= s.vaddr + avail:
-                off = s.offset + (addr - s.vaddr)
-                if off + n <= self.core.file_size:
-                    if n >= BIG_READ:
-                        # pread into a fresh buffer: mmapped pages would stay in our RSS
-                        return memoryview(os.pread(self.core._fh.fileno(), n, off))
-                    return memoryview(self.core.map)[off:off + n]
-            elif addr < s.vaddr + avail:
-                # spans segments (adjacent PT_LOADs) or runs off the data: assemble piecewise
-                return self._read_pieces(addr, n)
+        if i >= 0 and addr < self._segs[i].vaddr + min(self._segs[i].filesz, self._segs[i].memsz):
+            # spans segments (adjacent PT_LOADs) or runs off the data: assemble piecewise
+            return self._read_pieces(addr, n)
         return self._read_from_file(addr, n)
+
+    def fast_read_into(self, addr: int, buf) -> bool:
+        return self.core.pread_into(addr, buf)
 
     def _read_pieces(self, addr, n):
         out = bytearray()

@@ -2,6 +2,7 @@
 in the target's own memory: load bias and build-id without gdb or debug info."""
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import Dict, List, Optional
 
@@ -26,23 +27,28 @@ def _parse_notes_for_build_id(data: bytes, e: str) -> Optional[str]:
     return None
 
 
-def parse_elf_header(read, base: int):
-    """(elfclass, endian, e_type, phdrs[(type, offset, vaddr, filesz, memsz, flags)]) from ``read(addr, n)``."""
+def parse_elf_header(read, base: int, max_phdrs: int = 256, machine: bool = False):
+    """(elfclass, endian, e_type, phdrs[(type, offset, vaddr, filesz, memsz, flags)]) from
+    ``read(addr, n)``; with ``machine`` e_machine is appended.  None when it is not ELF."""
     ident = bytes(read(base, 64))
-    if ident[:4] != b"\x7fELF":
+    if ident[:4] != b"\x7fELF" or ident[4] not in (1, 2) or ident[5] not in (1, 2):
         return None
     cls = 8 if ident[4] == 2 else 4
     e = "<" if ident[5] == 1 else ">"
+    e_type, e_machine = struct.unpack_from(e + "HH", ident, 16)
     if cls == 8:
-        e_type, = struct.unpack_from(e + "H", ident, 16)
         e_phoff, = struct.unpack_from(e + "Q", ident, 32)
+        e_shoff, = struct.unpack_from(e + "Q", ident, 40)
         e_phentsize, e_phnum = struct.unpack_from(e + "HH", ident, 54)
     else:
-        e_type, = struct.unpack_from(e + "H", ident, 16)
-        e_phoff, = struct.unpack_from(e + "I", ident, 28)
+        e_phoff, e_shoff = struct.unpack_from(e + "II", ident, 28)
         e_phentsize, e_phnum = struct.unpack_from(e + "HH", ident, 42)
-    if e_phnum == 0 or e_phnum > 256 or e_phentsize < (56 if cls == 8 else 32):
-        return cls, e, e_type, []
+    if e_phnum == 0xFFFF and e_shoff:     # PN_XNUM: the real count is section 0's sh_info
+        sh0 = bytes(read(base + e_shoff, 64 if cls == 8 else 40))
+        e_phnum, = struct.unpack_from(e + "I", sh0, 44 if cls == 8 else 28)
+    tail = (e_machine,) if machine else ()
+    if e_phnum == 0 or e_phnum > max_phdrs or e_phentsize < (56 if cls == 8 else 32):
+        return (cls, e, e_type, []) + tail
     raw = bytes(read(base + e_phoff, e_phentsize * e_phnum))
     phdrs = []
     for i in range(e_phnum):
@@ -52,16 +58,17 @@ def parse_elf_header(read, base: int):
         else:
             p_type, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, p_flags = struct.unpack_from(e + "IIIIIII", raw, o)
         phdrs.append((p_type, p_offset, p_vaddr, p_filesz, p_memsz, p_flags))
-    return cls, e, e_type, phdrs
+    return (cls, e, e_type, phdrs) + tail
 
 
 def file_build_id(path: str) -> Optional[str]:
     """Build-id of an ELF file on disk (None when it has none or is not ELF)."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
         return None
+
     def read(addr, n):
         if addr + n > len(data):
             raise MemoryReadError(addr, n)

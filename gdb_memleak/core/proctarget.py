@@ -45,6 +45,12 @@ class VgdbProcessTarget(Target):
             raise MemoryReadError(addr, n)
         return data
 
+    def fast_read_into(self, addr: int, buf) -> bool:
+        try:
+            return os.preadv(self._mem.fileno(), [buf], addr) == len(buf)
+        except (OSError, OverflowError):
+            return False
+
     def _load_regions(self) -> List[Region]:
         try:
             with open("/proc/%d/smaps" % self.pid) as fh:

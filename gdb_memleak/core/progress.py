@@ -39,16 +39,23 @@ class Progress:
 
 
 def iter_chunks(target: Target, start: int, end: int, chunk: int = 4 << 20, progress: Optional[Progress] = None,
-                skipped: Optional[list] = None):
+                skipped: Optional[list] = None, buf: Optional[bytearray] = None):
     """Yield (address, bytes-like) over [start, end) in chunks; unreadable pages are left out and
-    appended to ``skipped`` as (start, end, reason) with adjacent holes merged."""
+    appended to ``skipped`` as (start, end, reason) with adjacent holes merged.  With ``buf`` (at
+    least ``chunk`` bytes) whole chunks are read into it and yielded as views of it: the consumer
+    must be done with one before asking for the next."""
     from .errors import MemoryReadError
     page = 4096
+    view = memoryview(buf) if buf is not None else None
     addr = start
     while addr < end:
         n = min(chunk, end - addr)
         try:
-            yield addr, target.read(addr, n)
+            if view is not None:
+                target.read_into(addr, view[:n])
+                yield addr, view[:n]
+            else:
+                yield addr, target.read(addr, n)
         except MemoryReadError:
             # find the readable pages of this chunk
             a = addr
@@ -76,3 +83,80 @@ def iter_chunks(target: Target, start: int, end: int, chunk: int = 4 << 20, prog
         if progress is not None:
             progress.advance(n)
         addr += n
+
+
+def scan_workers() -> int:
+    """Threads for a parallel scan: one per CPU, at most 4 (GDB_MEMLEAK_THREADS overrides)."""
+    import os
+    env = os.environ.get("GDB_MEMLEAK_THREADS")
+    if env and env.isdigit():
+        return max(1, int(env))
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def map_chunks(target: Target, ranges, chunk: int, work, make_scratch, progress: Optional[Progress] = None,
+               skipped: Optional[list] = None, workers: Optional[int] = None):
+    """Yield (address, nbytes, work(address, data, scratch)) over ``ranges`` in address order.
+
+    Chunks the target can read straight from a file (``fast_read_into``) are read and worked on
+    in a pool of threads (``preadv`` and numpy release the GIL), each thread with its own
+    ``make_scratch()`` whose ``buf`` (``chunk`` bytes) is reused: ``work`` must not keep ``data``.
+    Other chunks, and unreadable pages (left out, recorded in ``skipped``), are read in the
+    calling thread — the only one that may call into gdb.  Memory stays at a few chunks."""
+    from collections import deque
+    from itertools import islice
+    tasks = ((a, min(chunk, e - a)) for s, e in ranges for a in range(s, e, chunk))
+    workers = scan_workers() if workers is None else workers
+    main = make_scratch()
+
+    def slow(addr, n):
+        for a, data in iter_chunks(target, addr, addr + n, n, None, skipped):
+            yield a, len(data), work(a, data, main)
+
+    def fast(addr, n, sc):
+        view = memoryview(sc.buf)[:n]
+        if not target.fast_read_into(addr, view):
+            return None
+        return work(addr, view, sc)
+
+    if workers <= 1:
+        for addr, n in tasks:
+            r = fast(addr, n, main)
+            if r is None:
+                yield from slow(addr, n)
+            else:
+                yield addr, n, r
+            if progress is not None:
+                progress.advance(n)
+        return
+
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    local = threading.local()
+
+    def job(addr, n):
+        sc = getattr(local, "scratch", None)
+        if sc is None:
+            sc = local.scratch = make_scratch()
+        return fast(addr, n, sc)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memleak-scan")
+    pending = deque()
+    try:
+        for t in islice(tasks, 2 * workers):
+            pending.append((t, pool.submit(job, *t)))
+        while pending:
+            (addr, n), fut = pending.popleft()
+            r = fut.result()
+            for t in islice(tasks, 1):
+                pending.append((t, pool.submit(job, *t)))
+            if r is None:
+                yield from slow(addr, n)
+            else:
+                yield addr, n, r
+            if progress is not None:
+                progress.advance(n)
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True)

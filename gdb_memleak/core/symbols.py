@@ -22,39 +22,73 @@ _CACHE: Dict[Tuple[str, Tuple[bytes, ...]], List[Tuple[str, int, int]]] = {}
 SHT_SYMTAB, SHT_DYNSYM = 2, 11
 
 
-def _symbol_tables(mm):
-    """(sym offset, count, strtab offset, strtab size, dtype) of .symtab and .dynsym, straight from
+def _section_headers(mm):
+    """(is64, endian, [(sh_name, sh_type, sh_offset, sh_size, sh_link)], e_shstrndx) straight from
     the section header table (pyelftools parses every header through construct: far slower)."""
     if len(mm) < 64 or mm[:4] != b"\x7fELF":
-        return []
+        return None
     is64 = mm[4] == 2
     e = "<" if mm[5] == 1 else ">"
     if is64:
         shoff, = struct.unpack_from(e + "Q", mm, 40)
-        shentsize, shnum = struct.unpack_from(e + "HH", mm, 58)
+        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", mm, 58)
         shfmt = e + "IIQQQQIIQQ"
     else:
         shoff, = struct.unpack_from(e + "I", mm, 32)
-        shentsize, shnum = struct.unpack_from(e + "HH", mm, 46)
+        shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", mm, 46)
         shfmt = e + "IIIIIIIIII"
     if not shoff or shoff + shentsize * shnum > len(mm):
-        return []
+        return None
     hdrs = []
     for i in range(shnum):
         f = struct.unpack_from(shfmt, mm, shoff + i * shentsize)
         # name, type, flags, addr, offset, size, link, info, addralign, entsize
-        hdrs.append((f[1], f[4], f[5], f[6]))
+        hdrs.append((f[0], f[1], f[4], f[5], f[6]))
+    return is64, e, hdrs, shstrndx
+
+
+def _symbol_tables(mm):
+    """(sym offset, count, strtab offset, strtab size, dtype) of .symtab and .dynsym."""
+    sh = _section_headers(mm)
+    if sh is None:
+        return []
+    is64, e, hdrs, _ = sh
     dt = np.dtype([(n, e + t) for n, t in (_SYM64 if is64 else _SYM32)])
     out = []
     for typ in (SHT_SYMTAB, SHT_DYNSYM):
-        for sh_type, off, size, link in hdrs:
+        for _n, sh_type, off, size, link in hdrs:
             if sh_type != typ or link >= len(hdrs):
                 continue
-            _t, soff, ssize, _l = hdrs[link]
+            _n2, _t, soff, ssize, _l = hdrs[link]
             count = size // dt.itemsize
             if count and off + count * dt.itemsize <= len(mm) and soff + ssize <= len(mm):
                 out.append((off, count, soff, ssize, dt))
     return out
+
+
+_DEBUG_INFO: Dict[str, bool] = {}
+
+
+def has_debug_info(path: str) -> bool:
+    """Whether the ELF file at ``path`` carries a .debug_info section (DWARF)."""
+    if path not in _DEBUG_INFO:
+        found = False
+        try:
+            with open(path, "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                try:
+                    sh = _section_headers(mm)
+                    if sh is not None and sh[3] < len(sh[2]):
+                        _n, _t, stroff, strsize, _l = sh[2][sh[3]]
+                        names = mm[stroff:stroff + strsize]
+                        found = any(names[n:names.find(b"\0", n)] in (b".debug_info", b".zdebug_info")
+                                    for n, *_ in sh[2])
+                finally:
+                    mm.close()
+        except (OSError, ValueError, struct.error):
+            found = False
+        _DEBUG_INFO[path] = found
+    return _DEBUG_INFO[path]
 
 
 def symbols_with_prefix(path: str, prefixes=(b"_ZTV", b"_ZTI")) -> List[Tuple[str, int, int]]:

@@ -99,6 +99,17 @@ class Target:
         """Return ``n`` bytes (a bytes-like object) at ``addr`` or raise MemoryReadError."""
         raise NotImplementedError
 
+    def read_into(self, addr: int, buf) -> None:
+        """Fill the writable buffer ``buf`` with the bytes at ``addr`` or raise MemoryReadError."""
+        if not self.fast_read_into(addr, buf):
+            buf[:] = self.read(addr, len(buf))
+
+    def fast_read_into(self, addr: int, buf) -> bool:
+        """Fill ``buf`` straight from a file (core data, /proc/PID/mem) with ``preadv``: no
+        allocation, the GIL released, safe in a worker thread.  False when this target or range
+        has no such path (or it failed): then use ``read``/``read_into`` from the main thread."""
+        return False
+
     def read_word(self, addr: int) -> int:
         return int.from_bytes(bytes(self.read(addr, self.pointer_size)), self.byteorder)
 
@@ -156,8 +167,9 @@ class Target:
             return regs[i]
         return None
 
-    def type_size(self, name: str) -> Optional[int]:
-        """sizeof(name) from debug info when the target has it (gdb); None otherwise."""
+    def type_size(self, name: str, module: Optional[str] = None) -> Optional[int]:
+        """sizeof(name) from debug info when the target has it (gdb); None otherwise.  ``module``
+        (a file name) lets a target skip the lookup when that module has no DWARF at all."""
         return None
 
     def monitor(self, command: str) -> str:

@@ -28,12 +28,16 @@ PF_X = 1
 
 @dataclass
 class VClass:
-    name: str
     mangled: str
     module: str
     source: str                 # "symbol" | "rtti"
     vtable: int                 # address of the vtable group
     typeinfo: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        """Demangled on first use: most classes of a program never show up in a result."""
+        return demangle_type(self.mangled)
 
 
 @dataclass
@@ -74,6 +78,21 @@ def _words(target: Target, addr: int, count: int) -> Optional[np.ndarray]:
         return np.frombuffer(bytes(target.read(addr, count * target.pointer_size)), dtype=dt)
     except MemoryReadError:
         return None
+
+
+def _members(words: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Indices of the words equal to one of the sorted ``values`` (a range test first, then
+    searchsorted on the few that pass: np.isin sorts every word)."""
+    if not len(values) or not len(words):
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = values[0], values[-1]
+    idx = np.flatnonzero((words - words.dtype.type(lo)) <= words.dtype.type(hi - lo))
+    if not len(idx):
+        return idx
+    cand = words[idx].astype(np.uint64)
+    j = np.searchsorted(values, cand)
+    j[j >= len(values)] = len(values) - 1
+    return idx[values[j] == cand]
 
 
 def _signed(v: int, ps: int) -> int:
@@ -120,7 +139,7 @@ class _Builder:
         key = (mangled, vtable)
         if key not in self.class_by_key:
             self.class_by_key[key] = len(self.classes)
-            self.classes.append(VClass(demangle_type(mangled), mangled, module, source, vtable, ti))
+            self.classes.append(VClass(mangled, module, source, vtable, ti))
         return self.class_by_key[key]
 
     def add_group(self, cls: int, start: int, words: np.ndarray, ti: Optional[int]):
@@ -190,9 +209,7 @@ class _Builder:
                     windows.append((m, a, words))
         tis: Dict[int, str] = {}
         for m, a, words in windows:
-            w = words.astype(np.uint64)
-            idx = np.nonzero(np.isin(w, tiv))[0]
-            for i in idx:
+            for i in _members(words, tiv):
                 ti = a + int(i) * ps
                 name = self.typeinfo_name(ti)
                 if name:
@@ -201,9 +218,7 @@ class _Builder:
             return
         tia = np.array(sorted(tis), dtype=np.uint64)
         for m, a, words in windows:
-            w = words.astype(np.uint64)
-            idx = np.nonzero(np.isin(w, tia))[0]
-            for i in idx:
+            for i in _members(words, tia):
                 i = int(i)
                 if i < 1 or not _plausible_offset(int(words[i - 1]), ps):
                     continue
