@@ -142,6 +142,23 @@ def test_map_chunks_in_order_with_slow_and_unreadable_chunks(workers):
     assert skipped == [(0x2f000, 0x30000, "unreadable")]
 
 
+def test_map_chunks_interrupted_leaves_no_threads():
+    import threading
+    t = _FileBackedFake({0x10000: bytes(0x40000)})
+
+    class Scratch:
+        def __init__(self):
+            self.buf = bytearray(0x1000)
+
+    gen = map_chunks(t, [(0x10000, 0x50000)], 0x1000, lambda a, d, sc: len(d), Scratch, workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        for i, _ in enumerate(gen):
+            if i == 3:
+                raise KeyboardInterrupt     # Ctrl-C while the pool has chunks in flight
+    gen.close()
+    assert not [th for th in threading.enumerate() if th.name.startswith("memleak-scan")]
+
+
 def test_prefilter_windows_merge_only_across_code():
     from gdb_memleak.core.census import prefilter_windows
     from gdb_memleak.core.maps import Mapping
@@ -189,3 +206,30 @@ def test_split_direct_like_memcheck():
     leaked[10] = False
     direct = split_direct(leaked, indptr, indices)
     assert np.flatnonzero(direct).tolist() == [0, 3, 7]
+
+
+@pytest.mark.parametrize("dtype", ["<u8", "<u4"])
+def test_prefilter_plans_keep_every_hit(dtype):
+    import numpy as np
+    from gdb_memleak.core import census
+    rng = np.random.default_rng(7)
+    bits = 47 if dtype == "<u8" else 31
+    wins = sorted((lo, lo + int(rng.integers(0, 5 << 20))) for lo in rng.integers(1 << 20, 1 << bits, 4).tolist())
+    words = rng.integers(0, 1 << bits, 50000).astype(dtype)
+    for lo, hi in wins:       # plant hits at both ends and just outside
+        words[rng.integers(0, len(words), 4)] = [lo, hi, lo - 1, hi + 1]
+    want = np.flatnonzero(np.any([(words >= lo) & (words <= hi) for lo, hi in wins], axis=0))
+    for shift_cost in (0.0, 1e9):          # all-keys plan, all-ranges plan
+        old = census._COST_SHIFT
+        census._COST_SHIFT = shift_cost
+        try:
+            pf = census._Prefilter(wins, np.dtype(dtype), len(words))
+        finally:
+            census._COST_SHIFT = old
+        got = pf(words)
+        if shift_cost:      # ranges: exact
+            assert not pf.keys and np.array_equal(got, want)
+        else:               # 1 MiB blocks: every hit, and the rest only from the windows' blocks
+            assert pf.keys and set(want.tolist()) <= set(got.tolist())
+            blocks = {k for lo, hi in wins for k in range(lo >> 20, (hi >> 20) + 1)}
+            assert all(int(words[i]) >> 20 in blocks for i in got)
