@@ -266,9 +266,38 @@ class _Builder:
                            windows, self.warnings)
 
 
+_SESSION_CACHE: "Dict[tuple, VtableIndex]" = {}
+_SESSION_CACHE_MAX = 4
+
+
+def _modules_key(target: Target) -> Optional[tuple]:
+    """What the index depends on: the modules, where they are loaded, which files describe them.
+    Vtables and type_infos live in read-only (RELRO) data, so the same modules at the same
+    addresses give the same index whatever else changed in the process."""
+    try:
+        mods = target.modules()
+    except Exception:   # noqa: BLE001 - no key, no caching
+        return None
+    if any(not m.build_id for m in mods):
+        return None     # without build-ids a rebuilt file at the same path would go unnoticed
+    local = getattr(target, "local_path", None)
+    ident = (getattr(target, "kind", None), getattr(target, "core_path", None), getattr(target, "pid", None))
+    return ident + (target.pointer_size, target.byteorder) + tuple(
+        (m.path, m.start, m.load_bias, m.build_id, local(m.path) if local else m.path) for m in mods)
+
+
 def build_index(target: Target) -> VtableIndex:
+    """The target's index; reused across commands of a session (gdb) while the same modules
+    are loaded at the same addresses (keyed by their build-ids)."""
     cached = getattr(target, "_vtable_index", None)
     if cached is None:
-        cached = _Builder(target).build()
+        key = _modules_key(target)
+        cached = _SESSION_CACHE.get(key) if key is not None else None
+        if cached is None:
+            cached = _Builder(target).build()
+            if key is not None:
+                if len(_SESSION_CACHE) >= _SESSION_CACHE_MAX:
+                    _SESSION_CACHE.pop(next(iter(_SESSION_CACHE)))
+                _SESSION_CACHE[key] = cached
         target._vtable_index = cached
     return cached
