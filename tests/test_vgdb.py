@@ -131,6 +131,30 @@ def test_vgdb_in_gdb(workdir, tmp_path):
         vg.wait()
 
 
+def test_vgdb_watch_every_stop(workdir, tmp_path):
+    """--every-stop: a leak check at each stop of the user's own `continue`s, until --stop."""
+    _need_valgrind()
+    exe = build(workdir, "vgleak.c", "vgleak")
+    vg = subprocess.Popen(["valgrind", "--vgdb=yes", "--vgdb-error=0", exe, "3"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        w = str(tmp_path / "w.json")
+        r = run_gdb("target remote | vgdb --pid=%d" % vg.pid, "source " + os.path.join(ROOT, "gdbinit.example"),
+                    "break checkpoint", "memleak vgdb watch --every-stop",
+                    "continue", "continue", "continue",
+                    "memleak vgdb watch --stop --json " + w, exe=exe, source=False, timeout=180)
+        assert r.returncode == 0, r.stderr
+        assert "watching: a leak check at every stop" in r.stdout
+        watch = load_json(w)
+        assert len(watch["checks"]) == 4          # the start and three breakpoint stops
+        grew = [x for x in watch["records"] if x["grew_every_time"]]
+        assert any(x["kind"] == "reachable" and x["growth"] == 2000 for x in grew), grew
+    finally:
+        vg.kill()
+        vg.wait()
+
+
 def test_vgdb_offline_types(workdir, tmp_path):
     """--vgdb-pid: valgrind's records for the leaks fixture, and --types names LeakA blocks."""
     _need_valgrind()
