@@ -1,7 +1,11 @@
 """Progress on long work: silent for the first ~2 s, then a line about every second."""
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections import deque
+from itertools import islice
 from typing import Callable, Optional
 
 from .target import Target
@@ -103,15 +107,15 @@ def map_chunks(target: Target, ranges, chunk: int, work, make_scratch, progress:
     ``make_scratch()`` whose ``buf`` (``chunk`` bytes) is reused: ``work`` must not keep ``data``.
     Other chunks, and unreadable pages (left out, recorded in ``skipped``), are read in the
     calling thread — the only one that may call into gdb.  Memory stays at a few chunks."""
-    from collections import deque
-    from itertools import islice
     tasks = ((a, min(chunk, e - a)) for s, e in ranges for a in range(s, e, chunk))
     workers = scan_workers() if workers is None else workers
-    main = make_scratch()
+    main = []     # the calling thread's scratch, made when first needed
 
     def slow(addr, n):
+        if not main:
+            main.append(make_scratch())
         for a, data in iter_chunks(target, addr, addr + n, n, None, skipped):
-            yield a, len(data), work(a, data, main)
+            yield a, len(data), work(a, data, main[0])
 
     def fast(addr, n, sc):
         view = memoryview(sc.buf)[:n]
@@ -120,8 +124,9 @@ def map_chunks(target: Target, ranges, chunk: int, work, make_scratch, progress:
         return work(addr, view, sc)
 
     if workers <= 1:
+        main.append(make_scratch())
         for addr, n in tasks:
-            r = fast(addr, n, main)
+            r = fast(addr, n, main[0])
             if r is None:
                 yield from slow(addr, n)
             else:
@@ -130,33 +135,59 @@ def map_chunks(target: Target, ranges, chunk: int, work, make_scratch, progress:
                 progress.advance(n)
         return
 
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-    local = threading.local()
+    # a plain thread pool: concurrent.futures costs 23 ms to import (it pulls in logging)
+    todo: "queue.SimpleQueue" = queue.SimpleQueue()
+    stopping = threading.Event()
 
-    def job(addr, n):
-        sc = getattr(local, "scratch", None)
-        if sc is None:
-            sc = local.scratch = make_scratch()
-        return fast(addr, n, sc)
+    class Slot:
+        __slots__ = ("addr", "n", "done", "result", "error")
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memleak-scan")
+        def __init__(self, addr, n):
+            self.addr, self.n = addr, n
+            self.done = threading.Event()
+            self.result = self.error = None
+
+    def worker():
+        sc = make_scratch()
+        while True:
+            slot = todo.get()
+            if slot is None:
+                return
+            if not stopping.is_set():
+                try:
+                    slot.result = fast(slot.addr, slot.n, sc)
+                except BaseException as e:   # handed to the caller's thread
+                    slot.error = e
+            slot.done.set()
+
+    threads = [threading.Thread(target=worker, name="memleak-scan-%d" % i, daemon=True) for i in range(workers)]
+    for th in threads:
+        th.start()
     pending = deque()
+
+    def submit(count):
+        for addr, n in islice(tasks, count):
+            slot = Slot(addr, n)
+            pending.append(slot)
+            todo.put(slot)
+
     try:
-        for t in islice(tasks, 2 * workers):
-            pending.append((t, pool.submit(job, *t)))
+        submit(2 * workers)
         while pending:
-            (addr, n), fut = pending.popleft()
-            r = fut.result()
-            for t in islice(tasks, 1):
-                pending.append((t, pool.submit(job, *t)))
-            if r is None:
-                yield from slow(addr, n)
+            slot = pending.popleft()
+            slot.done.wait()
+            submit(1)
+            if slot.error is not None:
+                raise slot.error
+            if slot.result is None:
+                yield from slow(slot.addr, slot.n)
             else:
-                yield addr, n, r
+                yield slot.addr, slot.n, slot.result
             if progress is not None:
-                progress.advance(n)
+                progress.advance(slot.n)
     finally:
-        for _, fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True)
+        stopping.set()
+        for _ in threads:
+            todo.put(None)
+        for th in threads:
+            th.join()
