@@ -1,5 +1,6 @@
 """memleak vgdb: parsers over captured valgrind output, then the real valgrind + vgdb in gdb
 (leak-check, blocks, who-points-at, watch over breakpoint hits) and offline (--vgdb-pid, --types)."""
+import contextlib
 import os
 import re
 import shutil
@@ -93,15 +94,25 @@ def _need_valgrind():
         pytest.skip("valgrind not installed")
 
 
-def test_vgdb_in_gdb(workdir, tmp_path):
+@contextlib.contextmanager
+def _under_valgrind(workdir):
+    """The vgleak fixture under valgrind's gdbserver, stopped at its start: (exe, pid)."""
     _need_valgrind()
     exe = build(workdir, "vgleak.c", "vgleak")
     vg = subprocess.Popen(["valgrind", "--vgdb=yes", "--vgdb-error=0", exe, "3"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)
+        yield exe, vg.pid
+    finally:
+        vg.kill()
+        vg.wait()
+
+
+def test_vgdb_in_gdb(workdir, tmp_path):
+    with _under_valgrind(workdir) as (exe, pid):
         w, lc, bl, wp = (str(tmp_path / n) for n in ("w.json", "lc.json", "bl.json", "wp.json"))
-        r = run_gdb("target remote | vgdb --pid=%d" % vg.pid, "source " + os.path.join(ROOT, "gdbinit.example"),
+        r = run_gdb("target remote | vgdb --pid=%d" % pid, "source " + os.path.join(ROOT, "gdbinit.example"),
                     "memleak vgdb watch --breakpoint checkpoint --times 3 --json " + w,
                     "memleak vgdb leak-check --kinds all --raw --json " + lc,
                     "memleak vgdb blocks 1..8 --json " + bl,
@@ -126,21 +137,13 @@ def test_vgdb_in_gdb(workdir, tmp_path):
         assert sum(len(x["blocks_list"]) for x in blocks if x["kind"] == "definite") >= 6
         refs = load_json(wp)["referrers"]
         assert refs and refs[0]["where"] == "data" and refs[0]["symbol"] == "reachable"
-    finally:
-        vg.kill()
-        vg.wait()
 
 
 def test_vgdb_watch_every_stop(workdir, tmp_path):
     """--every-stop: a leak check at each stop of the user's own `continue`s, until --stop."""
-    _need_valgrind()
-    exe = build(workdir, "vgleak.c", "vgleak")
-    vg = subprocess.Popen(["valgrind", "--vgdb=yes", "--vgdb-error=0", exe, "3"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(2)
+    with _under_valgrind(workdir) as (exe, pid):
         w = str(tmp_path / "w.json")
-        r = run_gdb("target remote | vgdb --pid=%d" % vg.pid, "source " + os.path.join(ROOT, "gdbinit.example"),
+        r = run_gdb("target remote | vgdb --pid=%d" % pid, "source " + os.path.join(ROOT, "gdbinit.example"),
                     "break checkpoint", "memleak vgdb watch --every-stop",
                     "continue", "continue", "continue",
                     "memleak vgdb watch --stop --json " + w, exe=exe, source=False, timeout=180)
@@ -150,9 +153,6 @@ def test_vgdb_watch_every_stop(workdir, tmp_path):
         assert len(watch["checks"]) == 4          # the start and three breakpoint stops
         grew = [x for x in watch["records"] if x["grew_every_time"]]
         assert any(x["kind"] == "reachable" and x["growth"] == 2000 for x in grew), grew
-    finally:
-        vg.kill()
-        vg.wait()
 
 
 def test_vgdb_offline_types(workdir, tmp_path):

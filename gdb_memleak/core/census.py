@@ -3,7 +3,6 @@ address windows that hold vtables, then searchsorted against the sorted address 
 from __future__ import annotations
 
 import bisect
-
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -103,6 +102,8 @@ class _Prefilter:
 
     def __call__(self, w):
         n = len(w)
+        if not self.keys and not self.ranges:
+            return np.zeros(0, dtype=np.intp)
         tmp, mask, m2 = self.tmp[:n], self.mask[:n], self.mask2[:n]
         first = True
         if self.keys:
