@@ -10,7 +10,7 @@ import pytest
 
 from conftest import Running, build, load_json, run_cli, run_gdb
 
-VARIANTS = {"64": [], "m32": ["-m32"], "stripped": ["-s"]}
+VARIANTS = {"64": [], "m32": ["-m32"], "stripped": ["-s"], "static": ["-static"]}
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))

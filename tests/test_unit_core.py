@@ -233,3 +233,22 @@ def test_prefilter_plans_keep_every_hit(dtype):
             assert pf.keys and set(want.tolist()) <= set(got.tolist())
             blocks = {k for lo, hi in wins for k in range(lo >> 20, (hi >> 20) + 1)}
             assert all(int(words[i]) >> 20 in blocks for i in got)
+
+
+def test_main_heap_first_chunk_after_a_static_tls_block():
+    from gdb_memleak.core.maps import main_heap_first_chunk
+    start, tls = 0x600000, 0x9c8          # a static executable's TLS block + struct pthread first
+    first = start + ((tls + 16 + 15) & ~15) - 16
+    body = bytearray(0x4000)
+    for i in range(0, tls, 8):            # pointers and junk, as a TCB holds
+        struct.pack_into("<Q", body, i, (start + i * 3) | (i & 1))
+    at = first
+    for size in [0x290] + [0x50] * 40:
+        struct.pack_into("<QQ", body, at - start, 0, size | 1)
+        at += size
+    struct.pack_into("<QQ", body, at - start, 0, (start + len(body) - at) | 1)   # top to the end
+    t = FakeTarget({start: bytes(body)})
+    assert main_heap_first_chunk(t, start, start + len(body)) == first
+    plain = FakeTarget({start: bytes(body[first - start:])})
+    assert main_heap_first_chunk(plain, start, start + len(body) - (first - start)) == start
+    assert main_heap_first_chunk(FakeTarget({start: bytes(0x4000)}), start, start + 0x4000) is None

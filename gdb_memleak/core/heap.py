@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .errors import MemoryReadError
-from .maps import Mapping, classify
+from .maps import Mapping, classify, main_heap_first_chunk
 from .target import Target
 
 PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 1, 2, 4
@@ -191,7 +191,12 @@ class HeapWalker:
             self.findings.append(Finding(m.start, "main heap unreadable"))
             return
         best = None
-        for first in ((m.start, m.start + 8) if self.p.ps == 4 else (m.start,)):
+        firsts = [m.start, m.start + 8] if self.p.ps == 4 else [m.start]
+        for first in firsts + [None]:
+            if first is None:     # a static executable's TLS block comes first: look for the chunks
+                first = main_heap_first_chunk(self.t, m.start, m.end)
+                if first is None or first in firsts:
+                    break
             res = _walk(win, first, m.end, self.p)
             if res[3] == m.end and len(res[0]):
                 best = (first, res)
@@ -319,9 +324,9 @@ class HeapWalker:
         """&main_arena from the word in libc's writable data that points at the main heap's top."""
         ps = self.p.ps
         top_off = 16 + self.p.nfastbins * ps if ps == 8 else 12 + self.p.nfastbins * ps
-        for mod in self.t.modules():
-            if "libc" not in mod.name:
-                continue
+        mods = self.t.modules()
+        libc = [mod for mod in mods if "libc" in mod.name]
+        for mod in libc or [mod for mod in mods if mod.is_main]:     # static: main_arena is the exe's
             for a, b, flags in mod.segments:
                 if not flags & 2:   # PF_W
                     continue
@@ -331,8 +336,31 @@ class HeapWalker:
                 w = np.frombuffer(bytes(data)[: (b - a) // ps * ps], dtype=np.uint64 if ps == 8 else np.uint32)
                 hits = np.nonzero(w == top)[0]
                 for h in hits:
-                    return a + int(h) * ps - top_off
+                    cand = a + int(h) * ps - top_off
+                    if self._bins_look_like_arena(cand, top_off):
+                        return cand
         return None
+
+    def _bins_look_like_arena(self, arena: int, top_off: int) -> bool:
+        """malloc_state's bins after top and last_remainder: each (fd, bk) pair is either empty
+        (both point back at the bin itself, as a chunk: &bins[2i] - 2*SIZE_SZ) or points at
+        chunks; and some bins are empty.  Other words that happen to equal top fail this."""
+        ps = self.p.ps
+        nbins = 127
+        base = arena + top_off + 2 * ps
+        try:
+            words = self.t.read_words(base, 2 * (nbins - 1))
+        except MemoryReadError:
+            return False
+        empty = 0
+        for i in range(nbins - 1):
+            fd, bk = words[2 * i], words[2 * i + 1]
+            own = base + 2 * i * ps - 2 * ps
+            if fd == own and bk == own:
+                empty += 1
+            elif (fd == own) != (bk == own) or not fd or not bk or fd % (2 * ps) or bk % (2 * ps):
+                return False
+        return empty > 0
 
     def mark_fastbins(self, heap: Heap):
         ps = self.p.ps

@@ -139,6 +139,23 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
         what = m.kind + (" " + m.path if m.path else "")
         for a, b in _subtract(m.start, m.end, chunks):
             roots.append(RootRange(a, b, what))
+    # RELRO: the part of a module's writable segment made read-only after relocation still
+    # holds what the program wrote before (a static executable's glibc keeps malloc'd search
+    # paths there)
+    scanned = sorted((r.start, r.end) for r in roots) + [(m.start, m.end) for m in maps if "w" in m.perms[:3]]
+    scanned.sort()
+    for mod in target.modules():
+        for a, b, flags in mod.segments:
+            if flags & 2:     # PF_W
+                a += -a % ps
+                for x, y in _subtract(a, b - b % ps, scanned):
+                    roots.append(RootRange(x, y, "relro of " + mod.name))
+    # a static executable's glibc puts the initial TLS block (the main thread's TLS variables,
+    # its struct pthread) in the brk area before malloc's first chunk
+    for seg in heap.segments:
+        if seg.kind == "main" and seg.first - seg.start > 2 * ps:
+            roots.append(RootRange(seg.start, seg.first, "static TLS block before the main heap"))
+    roots.sort(key=lambda r: r.start)
     return roots, excluded
 
 

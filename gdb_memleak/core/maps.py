@@ -4,6 +4,7 @@ adjacency, auxv and glibc's own structures when it does not (cores)."""
 from __future__ import annotations
 
 import bisect
+import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -106,18 +107,62 @@ def looks_like_arena(target: Target, r: Region) -> bool:
     return prev != 0 or r.start < ar_ptr < r.start + 128
 
 
-def looks_like_main_heap(target: Target, r: Region) -> bool:
-    """The brk heap starts with a malloc chunk: prev_size 0 and a sane size with PREV_INUSE set."""
+MAIN_HEAP_PREFIX = 64 << 10    # how far into the brk area the first chunk is looked for
+_CHAIN = 32                    # chunks that must follow each other sanely from a candidate
+
+
+def main_heap_first_chunk(target: Target, start: int, end: int) -> Optional[int]:
+    """Address of the first malloc chunk of a brk heap [start, end), or None when there is none.
+
+    Usually the heap starts with it.  A static executable's glibc takes its initial TLS block
+    (and the main thread's struct pthread) from brk before malloc runs, so there the first chunk
+    follows that block: it is looked for in the first MAIN_HEAP_PREFIX bytes, at every offset
+    where the chunk's user pointer is MALLOC_ALIGNMENT-aligned, and accepted when it has
+    PREV_INUSE and _CHAIN chunks (or all chunks up to the end) follow it with sane sizes."""
     ps = target.pointer_size
-    for first in (r.start, r.start + 8) if ps == 4 else (r.start,):
+    align = 2 * ps if ps == 8 else 16
+    try:
+        head = bytes(target.read(start, min(MAIN_HEAP_PREFIX, end - start)))
+    except MemoryReadError:
+        return None
+    fmt = ("<" if target.byteorder == "little" else ">") + ("Q" if ps == 8 else "I")
+
+    def word(addr):
+        off = addr - start
+        if off + ps <= len(head):
+            return struct.unpack_from(fmt, head, off)[0]
+        return target.read_word(addr)
+
+    def sane(csize, at):
+        return 4 * ps <= csize <= end - at and csize % align == 0
+
+    first = start + ((-(start + 2 * ps)) % align)      # user pointer (chunk + 2*SIZE_SZ) aligned
+    cands = [start] + ([start + 8] if ps == 4 else []) + list(range(first, start + len(head) - 2 * ps, align))
+    for c in dict.fromkeys(cands):
+        size = word(c + ps)
+        if not size & 1 or not sane(size & ~7, c):
+            continue
         try:
-            prev_size, size = target.read_words(first, 2)
+            at, ok = c, True
+            for _ in range(_CHAIN):
+                at += word(at + ps) & ~7
+                if at == end:
+                    break
+                size = word(at + ps)
+                if not sane(size & ~7, at):
+                    ok = False
+                    break
         except MemoryReadError:
-            return False
-        csize = size & ~7
-        if prev_size == 0 and size & 1 and 4 * ps <= csize <= r.size and csize % (2 * ps) == 0:
-            return True
-    return False
+            ok = False
+        if ok:
+            return c
+    return None
+
+
+def looks_like_main_heap(target: Target, r: Region) -> bool:
+    """The brk heap holds a chain of malloc chunks from its start (or from the end of a static
+    executable's TLS block)."""
+    return main_heap_first_chunk(target, r.start, r.end) is not None
 
 
 def mapping_at(maps: List[Mapping], addr: int) -> Optional[Mapping]:
@@ -169,9 +214,12 @@ def classify(target: Target) -> List[Mapping]:
     if not any(m.kind == "heap" for m in out):
         exe_end = max((mod.end for mod in target.modules() if mod.is_main), default=None)
         if exe_end is not None:
-            for m in sorted(out, key=lambda x: x.start):
-                if (m.kind == "anon" and _writable(m) and exe_end <= m.start < exe_end + (1 << 30)
-                        and looks_like_main_heap(target, m)):
+            # brk starts after the executable, randomised by up to 1 GiB; a static-pie's brk is
+            # elsewhere: then the nearest anonymous mapping that holds a chunk chain
+            cands = sorted((m for m in out if m.kind == "anon" and _writable(m) and m.start >= exe_end),
+                           key=lambda x: (x.start >= exe_end + (1 << 30), x.start))
+            for m in cands:
+                if looks_like_main_heap(target, m):
                     m.kind, m.path = "heap", "[heap]"
                     break
 
