@@ -133,8 +133,8 @@ def main_heap_first_chunk(target: Target, start: int, end: int) -> Optional[int]
             return struct.unpack_from(fmt, head, off)[0]
         return target.read_word(addr)
 
-    def sane(csize, at):
-        return 4 * ps <= csize <= end - at and csize % align == 0
+    def sane(csize, at):      # i386: the top chunk's size is 8 mod MALLOC_ALIGNMENT
+        return 4 * ps <= csize <= end - at and csize % (2 * ps) == 0
 
     first = start + ((-(start + 2 * ps)) % align)      # user pointer (chunk + 2*SIZE_SZ) aligned
     cands = [start] + ([start + 8] if ps == 4 else []) + list(range(first, start + len(head) - 2 * ps, align))
