@@ -142,8 +142,7 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
     # RELRO: the part of a module's writable segment made read-only after relocation still
     # holds what the program wrote before (a static executable's glibc keeps malloc'd search
     # paths there)
-    scanned = sorted((r.start, r.end) for r in roots) + [(m.start, m.end) for m in maps if "w" in m.perms[:3]]
-    scanned.sort()
+    scanned = sorted([(r.start, r.end) for r in roots] + [(m.start, m.end) for m in maps if "w" in m.perms[:3]])
     for mod in target.modules():
         for a, b, flags in mod.segments:
             if flags & 2:     # PF_W
