@@ -122,7 +122,7 @@ class LeaksCommand(Command):
         for a, b, why in res.skipped:
             w("skipped unreadable 0x%x-0x%x (%s): %s\n" % (a, b, human_size(b - a), why))
         for f in heap.findings:
-            w("heap finding at 0x%x: %s\n" % (f.address, f.message))
+            w("heap finding: %s\n" % f.text())
         w("scanned %s of roots and %s of heap (%d references) in %.2f s\n" % (
             human_size(res.root_bytes), human_size(res.heap_bytes), res.edges, time.monotonic() - t0))
 

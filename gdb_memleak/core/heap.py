@@ -1,48 +1,57 @@
-"""glibc malloc without debug symbols: walk the main heap, thread-arena heaps and mmapped chunks;
-mark chunks free from the next chunk's PREV_INUSE, the per-thread tcaches and the fastbins.
+"""glibc malloc without debug symbols: every arena's heaps walked chunk by chunk, mmapped chunks,
+and the free lists (each thread's tcache, each arena's fastbins) that make chunks free although
+the next chunk's PREV_INUSE says in use.
 
-Layout facts used (glibc >= 2.30; safe-linking since 2.32 is detected, not assumed):
-main heap's first chunk at the [heap] start (+8 on i386, MALLOC_ALIGNMENT 16); thread heaps are
-HEAP_MAX-aligned with heap_info {ar_ptr, prev, size, mprotect_size, ...} and, in an arena's first
-heap, its malloc_state; tcache_perthread_struct {u16 counts[64]; entry *entries[64]} is a chunk.
+Where the heaps are comes from glibc's own structures (``glibc.discover``: main_arena, the arena
+ring, heap_info chains, mp_, the threads' tcache pointers).  Only when main_arena cannot be
+found are heaps recognised by their shape (a chunk chain in [heap], heap_info at HEAP_MAX-aligned
+addresses), and the result says so.
+
+Chunk states: in use; free by PREV_INUSE (bins, unsorted); in a tcache; in a fastbin; "state
+unknown" (named by a free list that failed validation: probably free, never reported leaked).
 """
 from __future__ import annotations
 
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .errors import MemoryReadError
-from .maps import Mapping, classify, main_heap_first_chunk
+from .glibc import (IS_MMAPPED, PREV_INUSE, TCACHE_BINS, Arena, Finding, Findings, GlibcModel, Layout,
+                    discover)
+from .maps import Mapping, classify, glibc_model, main_heap_first_chunk, mapping_at
 from .target import Target
 
-PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 1, 2, 4
-TCACHE_BINS = 64
 PAGE = 4096
-FREE_BITS, FREE_TCACHE, FREE_FAST = 1, 2, 3
+FREE_BITS, FREE_TCACHE, FREE_FAST, FREE_UNKNOWN = 1, 2, 3, 4
+STATE_TEXT = {0: "in use", FREE_BITS: "free (bin)", FREE_TCACHE: "free (tcache)", FREE_FAST: "free (fastbin)",
+              FREE_UNKNOWN: "state unknown (named by a free list that does not validate)"}
+MAX_LIST = 1 << 22
+UNEXPLAINED_FLAG = 4 << 20
 
-
-@dataclass
-class Finding:
-    address: int
-    message: str
-
-    def to_json(self):
-        return {"address": hex(self.address), "message": self.message}
+__all__ = ["Heap", "HeapSegment", "HeapWalker", "Finding", "walk_heap", "require_heap", "heap_ranges",
+           "find_mmapped_chunks", "FREE_BITS", "FREE_TCACHE", "FREE_FAST", "FREE_UNKNOWN", "STATE_TEXT"]
 
 
 @dataclass
 class HeapSegment:
     kind: str                   # main | thread | mmapped
-    start: int                  # mapping start
+    start: int                  # heap start (heap_info, sbrk_base or the [heap] mapping; the chunk)
     first: int                  # first chunk
-    end: int                    # end of the walked part
+    end: int                    # end of the heap: top's end, an older heap's end, the chunk's end
     arena: Optional[int] = None
     top: Optional[int] = None
     top_size: int = 0
+    heap_info: Optional[int] = None
+    walked_to: Optional[int] = None   # where the chunk walk stopped when it did not reach the end
+
+    def scan_range(self, ps: int) -> Tuple[int, int]:
+        """The bytes user data can be in: from the first chunk through the last chunk's tail
+        word (top's prev_size; an older heap's first fencepost's)."""
+        return self.first, (self.top + ps if self.top is not None else self.end)
 
 
 @dataclass
@@ -52,7 +61,11 @@ class Heap:
     size: np.ndarray            # chunk sizes (uint64)
     free: np.ndarray            # 0 in use, else FREE_* reason (int8)
     pointer_size: int
-    findings: List[Finding] = field(default_factory=list)
+    findings: Findings = field(default_factory=Findings)
+    model: Optional[GlibcModel] = None
+    mmapped: Optional[np.ndarray] = None   # bool per chunk: an mmapped chunk
+    accounting: Optional[dict] = None
+    tcache_counts: Dict[int, Tuple[int, int]] = field(default_factory=dict)   # table -> (chunks, bytes)
 
     @property
     def user(self) -> np.ndarray:
@@ -62,6 +75,15 @@ class Heap:
     def inuse(self) -> np.ndarray:
         return self.free == 0
 
+    @property
+    def usable_end(self) -> np.ndarray:
+        """End of each chunk's usable area: an arena chunk's runs through the next chunk's
+        prev_size word (malloc_usable_size = chunksize - SIZE_SZ); an mmapped chunk's does not."""
+        end = self.addr + self.size + np.uint64(self.pointer_size)
+        if self.mmapped is not None and self.mmapped.any():
+            end[self.mmapped] -= np.uint64(self.pointer_size)
+        return end
+
     def chunk_index(self, address: int) -> Optional[int]:
         """Index of the chunk whose [addr, addr+size) holds ``address``."""
         i = int(np.searchsorted(self.addr, np.uint64(address), side="right")) - 1
@@ -69,15 +91,9 @@ class Heap:
             return i
         return None
 
-
-class _Params:
-    def __init__(self, ps: int):
-        self.ps = ps
-        self.align = 16
-        self.minsize = 32 if ps == 8 else 16
-        self.nfastbins = 10 if ps == 8 else 11
-        self.tcache_chunk = ((2 * TCACHE_BINS + ps * TCACHE_BINS + ps + 15) & ~15)
-        self.word = ("<Q" if ps == 8 else "<I")
+    @property
+    def how(self) -> str:
+        return self.model.how if self.model else "none"
 
 
 class _Window:
@@ -94,12 +110,12 @@ class _Window:
         if self.lo <= addr and addr + need <= self.hi:
             return self.buf, self.lo
         lo = addr - addr % 4096
-        hi = min(max(lo + self.WINDOW, addr + need), self.end)
+        hi = min(max(lo + self.WINDOW, addr + need), max(self.end, addr + need))
         try:
             self.buf = bytes(self.t.read(lo, hi - lo))
         except MemoryReadError:
             # a page-sized read can still succeed at the walk position
-            hi = min(lo + 4096, self.end)
+            hi = min(lo + 4096, max(self.end, addr + need))
             if addr + need > hi:
                 return None
             try:
@@ -110,22 +126,34 @@ class _Window:
         return self.buf, lo
 
 
-def _walk(win: _Window, first: int, end: int, p: _Params):
-    """Step chunk headers from ``first`` to ``end``; returns (addrs, sizes, pbits, stopped_at,
-    finding) with numpy arrays.  The sequential part is a tight loop over a memoryview of each
-    window that only follows sizes; the checks and the flags are done per window with numpy."""
-    ps = p.ps
+@dataclass
+class _Walked:
+    addrs: np.ndarray
+    sizes: np.ndarray
+    pbits: np.ndarray           # PREV_INUSE of each chunk's own header
+    pos: int                    # where the walk stopped
+    reason: str                 # end | fencepost | bad: ...
+    pos_pbit: int = 1           # PREV_INUSE of the header at pos (top, fencepost)
+
+
+def _walk(win: _Window, first: int, end: int, lay: Layout, shape_mode: bool = False) -> _Walked:
+    """Step chunk headers from ``first`` until the walk lands exactly on ``end`` (the top chunk,
+    or the end of the region), or meets a fencepost (a header of size CHUNK_HDR_SZ: an older
+    heap's end), or a size that cannot be.  The sequential part is a tight loop over a memoryview
+    of each window that only follows sizes; the checks and the flags are done with numpy."""
+    ps = lay.ps
     shift = 3 if ps == 8 else 2
     fmt = "Q" if ps == 8 else "I"
     dt = np.uint64 if ps == 8 else np.uint32
-    minsize, mask = p.minsize, ~7
+    minsize, mask = lay.minsize, ~7
     out_a, out_s, out_p = [], [], []
     a = first
-    finding = None
+    reason = "end"
+    pos_pbit = 1
     while a < end:
         got = win.load(a, 2 * ps)
         if got is None:
-            finding = "chunk header at 0x%x is outside readable memory" % a
+            reason = "bad: chunk header at 0x%x is outside readable memory" % a
             break
         buf, base = got
         nbytes = len(buf) - len(buf) % ps
@@ -146,282 +174,314 @@ def _walk(win: _Window, first: int, end: int, p: _Params):
         sf = words[ix + 1].astype(np.uint64) if len(ix) else np.zeros(0, dtype=np.uint64)
         cs = sf & np.uint64(mask & 0xFFFFFFFFFFFFFFFF)
         addrs = np.uint64(base) + ix.astype(np.uint64) * np.uint64(ps)
-        # sizes are MALLOC_ALIGNMENT multiples, except top's on i386 (it ends at the page-aligned end)
-        bad = np.flatnonzero((cs % np.uint64(p.align) != 0) & (addrs + cs != np.uint64(end)))
+        # sizes are MALLOC_ALIGNMENT multiples (in shape mode the last chunk is top, whose size
+        # on i386 ends at the page-aligned end)
+        bad = (cs % np.uint64(lay.align) != 0) | (sf & np.uint64(IS_MMAPPED) != 0)
+        if shape_mode:
+            bad &= addrs + cs != np.uint64(end)
+        bad = np.flatnonzero(bad)
         if len(bad):
             k = int(bad[0])
             out_a.append(addrs[:k]); out_s.append(cs[:k])
             out_p.append((sf[:k] & np.uint64(PREV_INUSE)).astype(np.uint8))
             a = int(addrs[k])
-            finding = "bad chunk size 0x%x at 0x%x" % (int(sf[k]), a)
+            reason = "bad: chunk size word 0x%x at 0x%x" % (int(sf[k]), a)
             break
         out_a.append(addrs); out_s.append(cs); out_p.append((sf & np.uint64(PREV_INUSE)).astype(np.uint8))
         a = base + (i << shift)
         if s < minsize and i < iend:
-            # size below the minimum: a fencepost ends an old heap; anything else is corruption
+            raw = mv[i + 1]
             if s == 2 * ps:
-                a = end
-                break
-            finding = "bad chunk size 0x%x at 0x%x" % (int(mv[i + 1]), a)
+                reason = "fencepost"
+                pos_pbit = raw & PREV_INUSE
+            else:
+                reason = "bad: chunk size word 0x%x at 0x%x" % (raw, a)
             break
     addrs = np.concatenate(out_a) if out_a else np.zeros(0, dtype=np.uint64)
     sizes = np.concatenate(out_s) if out_s else np.zeros(0, dtype=np.uint64)
     pbits = np.concatenate(out_p).astype(np.uint8) if out_p else np.zeros(0, dtype=np.uint8)
     if a > end and len(addrs):
-        # the last chunk runs past the end
         a = int(addrs[-1])
-        finding = finding or "chunk at 0x%x runs past the end 0x%x" % (a, end)
+        reason = "bad: chunk at 0x%x runs past 0x%x" % (a, end)
         addrs, sizes, pbits = addrs[:-1], sizes[:-1], pbits[:-1]
-    return addrs, sizes, pbits, a, finding
+    elif a == end and reason == "end" and not shape_mode:
+        got = win.load(a, 2 * ps)
+        if got is not None:
+            buf, base = got
+            pos_pbit = struct.unpack_from("<" + fmt, buf, a - base + ps)[0] & PREV_INUSE
+    return _Walked(addrs, sizes, pbits, a, reason, pos_pbit)
 
 
 class HeapWalker:
     def __init__(self, target: Target, maps: Optional[List[Mapping]] = None):
         self.t = target
-        self.p = _Params(target.pointer_size)
         self.maps = maps if maps is not None else classify(target)
+        self.model = glibc_model(target, self.maps)
+        self.lay = self.model.layout
         self.segments: List[HeapSegment] = []
-        self.findings: List[Finding] = []
-        self.chunks: list = []      # per segment: (start, addrs, sizes, inuse) numpy arrays
+        self.findings = Findings()
+        self.findings.extend(self.model.findings)
+        self.chunks: list = []      # per segment: (start, addrs, sizes, inuse, mmapped) arrays
 
     # -- segments --------------------------------------------------------------
-    def walk_main(self, m: Mapping):
-        win = _Window(self.t, m.start, m.end)
-        if win.load(m.start, 4 * self.p.ps) is None:
-            self.findings.append(Finding(m.start, "main heap unreadable"))
-            return
-        best = None
-        firsts = [m.start, m.start + 8] if self.p.ps == 4 else [m.start]
-        for first in firsts + [None]:
-            if first is None:     # a static executable's TLS block comes first: look for the chunks
-                first = main_heap_first_chunk(self.t, m.start, m.end)
-                if first is None or first in firsts:
-                    break
-            res = _walk(win, first, m.end, self.p)
-            if res[3] == m.end and len(res[0]):
-                best = (first, res)
-                break
-            if best is None or len(res[0]) > len(best[1][0]):
-                best = (first, res)
-        first, (addrs, sizes, pbits, stop, err) = best
-        if err:
-            self.findings.append(Finding(stop, "main heap: %s; walk stopped" % err))
-        self._add("main", m.start, first, stop, None, addrs, sizes, pbits)
+    def _add(self, seg: HeapSegment, w: Optional[_Walked], mmapped=None):
+        if mmapped is not None:
+            addrs = np.array([c for c, _ in mmapped], dtype=np.uint64)
+            sizes = np.array([s for _, s in mmapped], dtype=np.uint64)
+            inuse = np.ones(len(addrs), dtype=np.uint8)
+            mm = np.ones(len(addrs), dtype=bool)
+        else:
+            addrs, sizes = w.addrs, w.sizes
+            # a chunk is in use when the next header's PREV_INUSE is set (the last chunk's next
+            # header is top's or the fencepost's)
+            inuse = np.append(w.pbits[1:], np.uint8(w.pos_pbit)) if len(addrs) else np.zeros(0, np.uint8)
+            mm = np.zeros(len(addrs), dtype=bool)
+        self.segments.append(seg)
+        self.chunks.append((seg.first, addrs, sizes, inuse, mm))
 
-    def walk_arena(self, m: Mapping):
-        ps = self.p.ps
-        win = _Window(self.t, m.start, m.end)
-        got = win.load(m.start, 4096)
-        if got is None:
-            self.findings.append(Finding(m.start, "thread heap unreadable"))
+    def walk_main(self, ar: Arena):
+        lay = self.lay
+        m = mapping_at(self.maps, ar.top)
+        if m is None:
+            self.findings.add("main-heap-unmapped", "main_arena's top chunk is in no mapping: the main heap "
+                              "is not walked", ar.top)
             return
-        buf = got[0]
-        ar_ptr, prev, size, _mprot = struct.unpack_from("<4" + self.p.word[1], buf, 0)
-        end = min(m.start + size, m.end)
-        # the first chunk follows heap_info (and malloc_state in an arena's first heap): find the
-        # 16-aligned offset from which the walk ends exactly at the heap's end
-        # chunk headers sit where the user pointer (chunk + 2*SIZE_SZ) is MALLOC_ALIGNMENT-aligned
-        lo = m.start + 4 * ps
-        first = ((lo + 2 * ps + 15) & ~15) - 2 * ps
-        cands = range(first, min(m.start + 4096, end), 16)
-        for c in cands:
-            sf = struct.unpack_from(self.p.word, buf, c - m.start + ps)[0]
-            if not sf & PREV_INUSE or (sf & ~7) < self.p.minsize:
-                continue
-            res = _walk(win, c, end, self.p)
-            if res[3] == end and len(res[0]):
-                addrs, sizes, pbits, stop, _ = res
-                self._add("thread", m.start, c, end, ar_ptr, addrs, sizes, pbits)
-                return
-        self.findings.append(Finding(m.start, "thread heap: no chunk walk ends at the heap end 0x%x" % end))
+        end = ar.top
+        mp = self.model.mp
+        if mp is not None and m.start <= mp.sbrk_base <= end:
+            first = lay.aligned_chunk(mp.sbrk_base)
+            start = mp.sbrk_base
+        else:
+            start = m.start
+            first = main_heap_first_chunk(self.t, m.start, min(m.end, ar.top + ar.top_size)) or lay.aligned_chunk(m.start)
+        win = _Window(self.t, first, end)
+        w = _walk(win, first, end, lay)
+        seg = HeapSegment("main", start, first, ar.top + ar.top_size, ar.address, ar.top, ar.top_size)
+        if w.reason != "end":
+            seg.walked_to = w.pos
+            if w.reason == "fencepost":
+                self.findings.add("main-heap-gap", "the main heap has fenceposts before top (foreign sbrk or "
+                                  "non-contiguous brk): chunks after them are not walked", w.pos)
+            else:
+                self.findings.add("walk-stopped", "a heap walk stopped at a corrupt chunk (%s): the rest of "
+                                  "that heap is not walked" % w.reason.split(": ", 1)[1].split(" at ")[0], w.pos)
+        elif ar.top_size == 0 or (ar.top + ar.top_size) > m.end:
+            self.findings.add("top-bad", "main_arena's top chunk size runs past its mapping", ar.top)
+        self._add(seg, w)
+
+    def walk_thread_heaps(self, ar: Arena):
+        lay = self.lay
+        for h in ar.heaps:
+            cur = h.address <= ar.top < h.end
+            end = ar.top if cur else h.end
+            win = _Window(self.t, h.first, h.end)
+            w = _walk(win, h.first, end, lay)
+            seg = HeapSegment("thread", h.address, h.first, h.end, ar.address,
+                              ar.top if cur else None, ar.top_size if cur else 0, heap_info=h.address)
+            if cur:
+                if w.reason != "end":
+                    seg.walked_to = w.pos
+                    self._stopped(w)
+                if ar.top + ar.top_size != h.end:
+                    self.findings.add("top-mismatch", "an arena's top chunk does not end where its heap ends "
+                                      "(heap_info.size)", ar.top)
+            elif w.reason != "fencepost":
+                seg.walked_to = w.pos
+                if w.reason == "end":
+                    self.findings.add("no-fencepost", "an older heap of an arena does not end with fenceposts", h.address)
+                else:
+                    self._stopped(w)
+            else:
+                seg.end = w.pos + 2 * lay.ps       # the fenceposts' tail words are not chunks
+            self._add(seg, w)
+
+    def _stopped(self, w: _Walked):
+        why = w.reason.split(": ", 1)[-1]
+        self.findings.add("walk-stopped", "a heap walk stopped (%s): the rest of that heap is not walked"
+                          % why.split(" at ")[0].split(" 0x")[0], w.pos)
+
+    def walk_shapes(self):
+        """Fallback: the [heap] mapping by its chunk chain, arena heaps by heap_info."""
+        lay = self.lay
+        for m in self.maps:
+            if m.kind == "heap" and "w" in m.perms[:3] and not any(s.kind == "main" for s in self.segments):
+                first = main_heap_first_chunk(self.t, m.start, m.end)
+                if first is None:
+                    self.findings.add("main-heap-unrecognised", "[heap] holds no chunk chain", m.start)
+                    continue
+                w = _walk(_Window(self.t, first, m.end), first, m.end, lay, shape_mode=True)
+                if not len(w.addrs):
+                    continue
+                seg = HeapSegment("main", m.start, first, m.end, None, int(w.addrs[-1]), int(w.sizes[-1]))
+                if w.reason != "end":
+                    seg.walked_to = w.pos
+                    self._stopped(w)
+                # in shape mode the last chunk is taken for top
+                last = _Walked(w.addrs[:-1], w.sizes[:-1], w.pbits[:-1], int(w.addrs[-1]), "end",
+                               int(w.pbits[-1]))
+                self._add(seg, last)
 
     def add_mmapped(self, chunks: List[Tuple[int, int]]):
         for c, cs in chunks:
-            self._add("mmapped", c, c, c + cs, None, [c], [cs], None, mmapped=True)
-
-    def _add(self, kind, start, first, end, arena, addrs, sizes, pbits, mmapped=False):
-        if not len(addrs):
-            return
-        seg = HeapSegment(kind, start, first, end, arena)
-        addrs, sizes = np.asarray(addrs, dtype=np.uint64), np.asarray(sizes, dtype=np.uint64)
-        if mmapped:
-            inuse = np.ones(len(addrs), dtype=np.uint8)
-        else:
-            # the last chunk is top: free by definition, not an allocation; a chunk is in use
-            # when the next one's PREV_INUSE is set
-            seg.top, seg.top_size = int(addrs[-1]), int(sizes[-1])
-            inuse = np.asarray(pbits[1:], dtype=np.uint8)
-            addrs, sizes = addrs[:-1], sizes[:-1]
-        self.segments.append(seg)
-        self.chunks.append((start, addrs, sizes, inuse))
+            self._add(HeapSegment("mmapped", c, c, c + cs), None, mmapped=[(c, cs)])
 
     # -- free lists ------------------------------------------------------------
-    def _word_at(self, addr):
-        return self.t.read_word(addr)
-
-    def _reveal(self, pos, val, safe):
-        return ((pos >> 12) ^ val) if safe else val
-
-    def _chain(self, head, field_off, heap: Heap, want_size, count_limit, safe):
-        """Follow a singly linked free list; head/next point to ``field_off`` before the link field."""
-        out = []
-        seen = set()
+    def _chain(self, head: int, user_link: bool, heap: Heap, want: int, limit: int, safe: bool):
+        """Follow a singly linked free list.  Returns (chunk indices, None) when it ends in NULL
+        within ``limit``, else (indices so far, why)."""
+        ps = self.lay.ps
+        out, seen = [], set()
         cur = head
-        while cur and len(out) < count_limit:
-            chunk = cur - field_off if field_off else cur
+        while cur:
+            if len(out) >= limit:
+                return out, "longer than its count"
+            chunk = cur - 2 * ps if user_link else cur
+            if (chunk + 2 * ps) % self.lay.align:
+                return out, "misaligned entry 0x%x" % cur
             i = heap.chunk_index(chunk)
-            if i is None or int(heap.addr[i]) != chunk or (want_size and int(heap.size[i]) != want_size) \
-                    or chunk in seen:
-                return None
-            seen.add(chunk)
+            if i is None or int(heap.addr[i]) != chunk:
+                return out, "entry 0x%x is not a chunk" % cur
+            if int(heap.size[i]) != want:
+                return out, "entry 0x%x has the wrong size" % cur
+            if i in seen:
+                return out, "cycle"
+            seen.add(i)
             out.append(i)
-            link_addr = chunk + 2 * self.p.ps
+            link = chunk + 2 * ps
             try:
-                cur = self._reveal(link_addr, self._word_at(link_addr), safe)
+                raw = self.t.read_word(link)
             except MemoryReadError:
-                return None
-        return out if cur == 0 else None
+                return out, "link unreadable at 0x%x" % link
+            cur = ((link >> 12) ^ raw) if safe else raw
+        return out, None
 
-    def mark_tcache(self, heap: Heap):
-        ps = self.p.ps
-        tsize = self.p.tcache_chunk
-        cand = np.nonzero((heap.size == tsize) & (heap.free == 0))[0]
-        for i in cand:
-            user = int(heap.addr[i]) + 2 * ps
+    def _follow(self, head, user_link, heap, want, limit):
+        """Safe-linked (glibc >= 2.32) first, then plain; the better of the two."""
+        best = None
+        for safe in (True, False):
+            got, why = self._chain(head, user_link, heap, want, limit, safe)
+            if why is None:
+                return got, None
+            if best is None or len(got) > len(best[0]):
+                best = (got, why)
+        return best
+
+    def mark_tcaches(self, heap: Heap):
+        lay = self.lay
+        ps = lay.ps
+        for tc in self.model.tcaches:
+            if not tc.table:
+                continue
+            cw = tc.counts_width
             try:
-                raw = bytes(self.t.read(user, 2 * TCACHE_BINS + ps * TCACHE_BINS))
+                raw = bytes(self.t.read(tc.table, cw * TCACHE_BINS + ps * TCACHE_BINS))
             except MemoryReadError:
+                self.findings.add("tcache-unreadable", "a thread's tcache is unreadable: its free chunks count "
+                                  "as in use", tc.table)
                 continue
-            counts = struct.unpack_from("<%dH" % TCACHE_BINS, raw, 0)
-            entries = struct.unpack_from("<%d%s" % (TCACHE_BINS, self.p.word[1]), raw, 2 * TCACHE_BINS)
-            if not any(entries):
-                continue
-            marks = []
-            ok = True
+            counts = struct.unpack_from(lay.e + "%d%s" % (TCACHE_BINS, "H" if cw == 2 else "B"), raw, 0)
+            entries = struct.unpack_from(lay.e + "%d%s" % (TCACHE_BINS, lay.wfmt), raw, cw * TCACHE_BINS)
             for b in range(TCACHE_BINS):
-                if bool(counts[b]) != bool(entries[b]):
-                    ok = False
-                    break
-                if not entries[b]:
+                if not entries[b] and not counts[b]:
                     continue
-                want = self.p.minsize + b * self.p.align
-                chain = None
-                for safe in (True, False):
-                    chain = self._chain(entries[b], 2 * ps, heap, want, counts[b], safe)
-                    if chain is not None and len(chain) == counts[b]:
-                        break
-                    chain = None
-                if chain is None:
-                    ok = False
-                    break
-                marks.extend(chain)
-            if ok:
-                heap.free[marks] = FREE_TCACHE
-            elif any(entries):
-                self.findings.append(Finding(int(heap.addr[i]), "a tcache-like block whose lists do not validate"))
-
-    def find_main_arena(self, top: int) -> Optional[int]:
-        """&main_arena from the word in libc's writable data that points at the main heap's top."""
-        ps = self.p.ps
-        top_off = 16 + self.p.nfastbins * ps if ps == 8 else 12 + self.p.nfastbins * ps
-        mods = self.t.modules()
-        libc = [mod for mod in mods if "libc" in mod.name]
-        for mod in libc or [mod for mod in mods if mod.is_main]:     # static: main_arena is the exe's
-            for a, b, flags in mod.segments:
-                if not flags & 2:   # PF_W
+                want = lay.tcache_bin_size(b)
+                got, why = self._follow(entries[b], True, heap, want, max(counts[b], 1) if counts[b] else 1)
+                if why is None and len(got) != counts[b]:
+                    why = "%d entries for a count of %d" % (len(got), counts[b])
+                if why is None:
+                    heap.free[got] = FREE_TCACHE
+                    n, nb = heap.tcache_counts.get(tc.table, (0, 0))
+                    heap.tcache_counts[tc.table] = (n + len(got), nb + want * len(got))
                     continue
-                data = self.t.try_read(a, b - a)
-                if data is None:
-                    continue
-                w = np.frombuffer(bytes(data)[: (b - a) // ps * ps], dtype=np.uint64 if ps == 8 else np.uint32)
-                hits = np.nonzero(w == top)[0]
-                for h in hits:
-                    cand = a + int(h) * ps - top_off
-                    if self._bins_look_like_arena(cand, top_off):
-                        return cand
-        return None
-
-    def _bins_look_like_arena(self, arena: int, top_off: int) -> bool:
-        """malloc_state's bins after top and last_remainder: each (fd, bk) pair is either empty
-        (both point back at the bin itself, as a chunk: &bins[2i] - 2*SIZE_SZ) or points at
-        chunks; and some bins are empty.  Other words that happen to equal top fail this."""
-        ps = self.p.ps
-        nbins = 127
-        base = arena + top_off + 2 * ps
-        try:
-            words = self.t.read_words(base, 2 * (nbins - 1))
-        except MemoryReadError:
-            return False
-        empty = 0
-        for i in range(nbins - 1):
-            fd, bk = words[2 * i], words[2 * i + 1]
-            own = base + 2 * i * ps - 2 * ps
-            if fd == own and bk == own:
-                empty += 1
-            elif (fd == own) != (bk == own) or not fd or not bk or fd % (2 * ps) or bk % (2 * ps):
-                return False
-        return empty > 0
+                heap.free[got] = FREE_UNKNOWN
+                self.findings.add("tcache-list-bad", "a tcache free list does not validate (%s): the chunks it "
+                                  "names are 'state unknown'" % _why_kind(why), tc.table + cw * b)
 
     def mark_fastbins(self, heap: Heap):
-        ps = self.p.ps
-        arenas = set()
-        for seg in self.segments:
-            if seg.kind == "main" and seg.top:
-                a = self.find_main_arena(seg.top)
-                if a:
-                    arenas.add(a)
-            elif seg.kind == "thread" and seg.arena:
-                arenas.add(seg.arena)
-        fb_off = 16 if ps == 8 else 12
-        for ar in arenas:
-            try:
-                bins = self.t.read_words(ar + fb_off, self.p.nfastbins)
-            except MemoryReadError:
-                continue
-            for b, head in enumerate(bins):
+        lay = self.lay
+        for ar in self.model.arenas:
+            for b, head in enumerate(ar.fastbins):
                 if not head:
                     continue
-                want = (b + 2) * (16 if ps == 8 else 8)
-                chain = None
-                for safe in (True, False):
-                    chain = self._chain(head, 0, heap, want, 1 << 20, safe)
-                    if chain is not None:
-                        break
-                if chain is None:
-                    self.findings.append(Finding(head, "fastbin %d of arena 0x%x does not validate" % (b, ar)))
+                got, why = self._follow(head, False, heap, lay.fastbin_size(b), MAX_LIST)
+                if why is None:
+                    heap.free[got] = FREE_FAST
                     continue
-                heap.free[chain] = FREE_FAST
+                heap.free[got] = FREE_UNKNOWN
+                self.findings.add("fastbin-bad", "a fastbin free list does not validate (%s): the chunks it "
+                                  "names are 'state unknown'" % _why_kind(why),
+                                  ar.address + lay.fb_off + b * lay.ps)
+
+    # -- checks ----------------------------------------------------------------
+    def check_totals(self, heap: Heap):
+        lay = self.lay
+        for ar in self.model.arenas:
+            if ar.main:
+                segs = [s for s in self.segments if s.kind == "main"]
+                held = sum(s.end - s.start for s in segs)
+            else:
+                held = sum(h.size for h in ar.heaps)
+            if held != ar.system_mem:
+                self.findings.add("system-mem-mismatch", "an arena's heaps hold a different amount than its "
+                                  "system_mem says (heaps missing or corrupt)", ar.address)
+        mp = self.model.mp
+        if mp is not None:
+            n = int(heap.mmapped.sum()) if heap.mmapped is not None else 0
+            nbytes = int(heap.size[heap.mmapped].sum()) if n else 0
+            # mmapped_mem counts each mapping's pages, including the alignment correction on i386
+            if n != mp.n_mmaps:
+                self.findings.add("mmapped-count-mismatch", "mp_.n_mmaps says %d mmapped chunks, %d were found"
+                                  % (mp.n_mmaps, n), None)
+            elif abs(nbytes - mp.mmapped_mem) > n * lay.align:
+                self.findings.add("mmapped-bytes-mismatch", "mp_.mmapped_mem says %d bytes of mmapped chunks, "
+                                  "%d were found" % (mp.mmapped_mem, nbytes), None)
 
     def run(self) -> Heap:
-        for m in self.maps:
-            if m.kind == "heap" and "w" in m.perms[:3]:
-                self.walk_main(m)
-            elif m.kind == "arena" and m.note != "reserved":
-                self.walk_arena(m)
+        model = self.model
+        for ar in model.arenas:
+            if ar.main:
+                self.walk_main(ar)
+            else:
+                self.walk_thread_heaps(ar)
+        if not model.arenas or model.how.startswith("fallback"):
+            self.walk_shapes()
         self.add_mmapped(find_mmapped_chunks(self.t, self.maps))
-        # segments do not overlap and each is walked in address order: sorting them sorts all
-        self.chunks.sort(key=lambda c: c[0])
-        self.segments.sort(key=lambda sg: sg.start)
+        order = sorted(range(len(self.chunks)), key=lambda k: self.chunks[k][0])
+        self.segments = [self.segments[k] for k in order]
+        chunks = [self.chunks[k] for k in order]
+        self.chunks = []
 
         def cat(k, dt):
-            parts = [c[k] for c in self.chunks]
+            parts = [c[k] for c in chunks]
             return np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dtype=dt)
-        addrs, sizes, inuse = cat(1, np.uint64), cat(2, np.uint64), cat(3, np.uint8)
-        self.chunks = []
+        addrs, sizes, inuse, mm = cat(1, np.uint64), cat(2, np.uint64), cat(3, np.uint8), cat(4, bool)
+        del chunks
         free = np.where(inuse != 0, 0, FREE_BITS).astype(np.int8)
         del inuse
-        heap = Heap(self.segments, addrs, sizes, free, self.p.ps, self.findings)
-        self.mark_tcache(heap)
+        heap = Heap(self.segments, addrs, sizes, free, self.lay.ps, self.findings, model, mm)
+        self.mark_tcaches(heap)
         self.mark_fastbins(heap)
+        self.check_totals(heap)
+        heap.accounting = account(self.t, self.maps, heap)
+        if heap.accounting["unexplained"] >= UNEXPLAINED_FLAG:
+            big = max(heap.accounting["unexplained_regions"], key=lambda r: r[1] - r[0])
+            self.findings.add("unexplained-memory", "%d MiB of writable anonymous memory is not malloc's, "
+                              "not a stack, not module data: look at it with 'memleak maps' / 'memleak "
+                              "vtable-census START END'" % (heap.accounting["unexplained"] >> 20), big[0])
         return heap
+
+
+def _why_kind(why: str) -> str:
+    return why.split(" 0x")[0].replace("entry", "an entry").strip()
 
 
 def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
     """glibc's mmapped chunks (malloc above the mmap threshold) as (chunk, size), from every page
-    of writable anonymous memory: a page that starts with prev_size 0 and a size word whose flags
-    are exactly IS_MMAPPED and whose size is whole pages that fit the mapping.  Adjacent anonymous
-    mmaps merge into one mapping, so chunks are looked for at every page, not only at mapping
-    starts; pages inside an accepted chunk are skipped.  Cached on the target."""
+    of writable anonymous memory that is not an arena heap: a page that starts with prev_size 0
+    and a size word whose flags are exactly IS_MMAPPED and whose size is whole pages that fit the
+    mapping.  Adjacent anonymous mmaps merge into one mapping, so chunks are looked for at every
+    page, not only at mapping starts; pages inside an accepted chunk are skipped.  Cached on the
+    target."""
     cached = getattr(target, "_mmapped_chunks", None)
     if cached is not None:
         return cached
@@ -431,7 +491,7 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
     per_page = PAGE // ps
     out: List[Tuple[int, int]] = []
     for m in maps:
-        if m.kind != "anon" or "w" not in m.perms[:3]:
+        if m.kind not in ("anon", "tls") or "w" not in m.perms[:3]:
             continue
         skip_to = m.start
         for addr, data in iter_chunks(target, m.start, m.end, 4 << 20):
@@ -458,6 +518,39 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
                 out.append((c, size))
                 skip_to = c + size
     target._mmapped_chunks = out
+    return out
+
+
+def account(target: Target, maps: List[Mapping], heap: Heap) -> dict:
+    """Where every byte of writable anonymous memory went: main heap, arena heaps, mmapped
+    chunks, thread stacks, other (module .bss, static TLS blocks), unexplained."""
+    out = {"main_heap": 0, "arena_heaps": 0, "mmapped_chunks": 0, "thread_stacks": 0, "other": 0,
+           "unexplained": 0, "total": 0}
+    unexplained: List[Tuple[int, int]] = []
+    mods = [(a, b) for mod in target.modules() for a, b, _f in mod.segments]
+    mm = sorted((s.start, s.end) for s in heap.segments if s.kind == "mmapped")
+    for m in maps:
+        if "w" not in m.perms[:3] or m.perms.endswith("s") or m.kind in ("shm", "file", "vdso", "vvar", "vsyscall"):
+            continue
+        out["total"] += m.size
+        if m.kind == "heap":
+            out["main_heap"] += m.size
+        elif m.kind == "arena":
+            out["arena_heaps"] += m.size
+        elif m.kind in ("stack", "thread-stack"):
+            out["thread_stacks"] += m.size
+        else:
+            inside = sum(min(b, m.end) - max(a, m.start) for a, b in mm if a < m.end and m.start < b)
+            out["mmapped_chunks"] += inside
+            rest = m.size - inside
+            if not rest:
+                continue
+            if m.kind == "tls" or any(a < m.end and m.start < b for a, b in mods):
+                out["other"] += rest
+            else:
+                out["unexplained"] += rest
+                unexplained.append((m.start, m.end))
+    out["unexplained_regions"] = unexplained
     return out
 
 

@@ -61,15 +61,16 @@ class LeakResult:
 
 
 class _Owner:
-    """Vectorised 'which in-use chunk's user area holds this address'."""
+    """Vectorised 'which in-use chunk's usable area holds this address'.  The usable area runs
+    from the user pointer through the next chunk's prev_size word (malloc_usable_size =
+    chunksize - SIZE_SZ; an mmapped chunk's ends with the chunk)."""
 
-    def __init__(self, addr: np.ndarray, size: np.ndarray, ps: int):
-        self.addr = addr
-        self.hdr = np.uint64(2 * ps)
-        self.end = addr + size
-        self.n = len(addr)
-        self.lo = int(addr[0]) + 2 * ps if self.n else 0
-        self.hi = int(self.end.max()) if self.n else 0
+    def __init__(self, user: np.ndarray, end: np.ndarray):
+        self.user = user
+        self.end = end
+        self.n = len(user)
+        self.lo = int(user[0]) if self.n else 0
+        self.hi = int(end.max()) if self.n else 0
 
     def __call__(self, v: np.ndarray, k0: int = 0, k1: Optional[int] = None) -> np.ndarray:
         """Owner index of each value (-1: none); ``k0:k1`` limits the search to those chunks."""
@@ -77,7 +78,7 @@ class _Owner:
             return np.full(len(v), -1, dtype=np.int64)
         v = v.astype(np.uint64, copy=False)
         k1 = self.n if k1 is None else k1
-        hay = self.addr[k0:k1]
+        hay = self.user[k0:k1]
         if len(v) > 4096 and len(hay) > 65536:
             # sorted needles walk the haystack in order: 5-10x faster than random probes
             order = np.argsort(v)
@@ -87,7 +88,7 @@ class _Owner:
             i = np.searchsorted(hay, v, side="right").astype(np.int64)
         i += k0 - 1
         j = np.clip(i, 0, None)
-        ok = (i >= 0) & (v >= self.addr[j] + self.hdr) & (v < self.end[j])
+        ok = (i >= k0) & (v < self.end[j])
         return np.where(ok, i, -1)
 
     def prefilter(self, w: np.ndarray) -> np.ndarray:
@@ -152,8 +153,9 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
     # a static executable's glibc puts the initial TLS block (the main thread's TLS variables,
     # its struct pthread) in the brk area before malloc's first chunk
     for seg in heap.segments:
-        if seg.kind == "main" and seg.first - seg.start > 2 * ps:
-            roots.append(RootRange(seg.start, seg.first, "static TLS block before the main heap"))
+        m = mapping_at(maps, seg.first) if seg.kind == "main" else None
+        if m is not None and seg.first - m.start > 2 * ps:
+            roots.append(RootRange(m.start, seg.first, "static TLS block before the main heap"))
     roots.sort(key=lambda r: r.start)
     return roots, excluded
 
@@ -278,14 +280,14 @@ def find_leaks(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as_
     ps = target.pointer_size
     dt = _dtype(target)
     inuse = np.flatnonzero(heap.inuse)
-    owner = _Owner(heap.addr[inuse], heap.size[inuse], ps)
+    owner = _Owner(heap.user[inuse], heap.usable_end[inuse])
     n = owner.n
     first_word = np.zeros(n, dtype=np.uint64)
     skipped: List[Tuple[int, int, str]] = []
 
     # 1. one pass over the heap, in address order: references between in-use chunks, and each
     # chunk's first word.  Sources come out sorted, so the edge lists are already a CSR.
-    heap_ranges = sorted((seg.first, seg.end) for seg in heap.segments)
+    heap_ranges = sorted(seg.scan_range(ps) for seg in heap.segments)
     heap_total = sum(b - a for a, b in heap_ranges)
     roots, excluded = root_ranges(target, maps, heap, stale_stacks_as_roots, stale_reason)
     root_total = sum(r.end - r.start for r in roots)
@@ -300,10 +302,9 @@ def find_leaks(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as_
                 continue
             w = np.frombuffer(data, dtype=dt, count=cnt)
             top = addr + cnt * ps
-            k0, k1 = np.searchsorted(owner.addr, np.array([addr, top], dtype=np.uint64))
-            kk = k0 + np.flatnonzero(owner.addr[k0:k1] + owner.hdr < np.uint64(top))
-            if len(kk):
-                first_word[kk] = w[((owner.addr[kk] + owner.hdr - np.uint64(addr)) // np.uint64(ps)).astype(np.int64)]
+            k0, k1 = np.searchsorted(owner.user, np.array([addr, top], dtype=np.uint64))
+            if k1 > k0:
+                first_word[k0:k1] = w[((owner.user[k0:k1] - np.uint64(addr)) // np.uint64(ps)).astype(np.int64)]
             pos = owner.prefilter(w)
             if not len(pos):
                 continue

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 from .errors import MemoryReadError
 from .target import AT_EXECFN, AT_RANDOM, AT_SYSINFO_EHDR, Region, Target
 
-KINDS = ("heap", "arena", "anon", "stack", "thread-stack", "guard", "shm", "file",
+KINDS = ("heap", "arena", "anon", "stack", "thread-stack", "tls", "guard", "shm", "file",
          "vdso", "vvar", "vsyscall")
 ANON_KINDS = ("heap", "arena", "anon")
 GUARD_MAX = 1 << 20           # a guard larger than this is not a stack guard
@@ -165,6 +165,13 @@ def looks_like_main_heap(target: Target, r: Region) -> bool:
     return main_heap_first_chunk(target, r.start, r.end) is not None
 
 
+def glibc_model(target: Target, maps: Optional[List[Mapping]] = None):
+    """glibc's malloc structures (glibc.GlibcModel), found while classifying the mappings."""
+    if getattr(target, "_glibc", None) is None:
+        classify(target)
+    return target._glibc
+
+
 def mapping_at(maps: List[Mapping], addr: int) -> Optional[Mapping]:
     """The mapping holding ``addr`` (``maps`` sorted by start, as classify returns them)."""
     i = bisect.bisect_right([m.start for m in maps], addr) - 1
@@ -174,6 +181,14 @@ def mapping_at(maps: List[Mapping], addr: int) -> Optional[Mapping]:
 
 
 def classify(target: Target) -> List[Mapping]:
+    """Every mapping classified (cached on the target: one classification per command)."""
+    cached = getattr(target, "_maps", None)
+    if cached is None:
+        cached = target._maps = _classify(target)
+    return cached
+
+
+def _classify(target: Target) -> List[Mapping]:
     regions = target.regions()
     threads = target.threads()
     auxv = target.auxv()
@@ -202,26 +217,29 @@ def classify(target: Target) -> List[Mapping]:
                 m.kind, m.path = "stack", "[stack]"
                 break
 
-    # arenas (rw part + the PROT_NONE reserve that follows up to HEAP_MAX)
-    hmax = heap_max_size(target.pointer_size)
-    for m in out:
-        if m.kind == "anon" and looks_like_arena(target, m):
-            m.kind = "arena"
-            tail = by_start.get(m.end)
-            if tail and tail.kind == "anon" and not _writable(tail) and tail.end <= m.start + hmax:
-                tail.kind, tail.note = "arena", "reserved"
+    # glibc's heap, found the way glibc finds it (main_arena, the arena ring, heap_info chains);
+    # by shape only when that fails
+    from .glibc import discover
+    from .threads import thread_pointers
+    tps = thread_pointers(target, out)
 
-    if not any(m.kind == "heap" for m in out):
-        exe_end = max((mod.end for mod in target.modules() if mod.is_main), default=None)
-        if exe_end is not None:
-            # brk starts after the executable, randomised by up to 1 GiB; a static-pie's brk is
-            # elsewhere: then the nearest anonymous mapping that holds a chunk chain
-            cands = sorted((m for m in out if m.kind == "anon" and _writable(m) and m.start >= exe_end),
-                           key=lambda x: (x.start >= exe_end + (1 << 30), x.start))
-            for m in cands:
-                if looks_like_main_heap(target, m):
-                    m.kind, m.path = "heap", "[heap]"
-                    break
+    def main_heap(model):
+        m = containing(model.main.top) if model.main and model.main.top else None
+        if m is not None and not m.path:
+            m.path = "[heap]"
+        if m is not None:
+            m.kind = "heap"
+            return m
+        return _main_heap_by_shape(target, out)
+    model = discover(target, out, tps, main_heap)
+    target._glibc = model
+    target._thread_pointers = tps
+    out = _split_heaps(out, model)
+    by_start = {m.start: m for m in out}
+    by_end = {m.end: m for m in out}
+
+    def containing(addr):       # noqa: F811 (the list changed)
+        return mapping_at(out, addr)
 
     # stacks owned by a thread's SP
     for t in threads:
@@ -233,6 +251,11 @@ def classify(target: Target) -> List[Mapping]:
                 m.kind = "thread-stack"
             if m.owner_lwp is None:
                 m.owner_lwp = t.lwp
+    # a live thread's static TLS and struct pthread in a mapping of their own (not its stack)
+    for lwp, tp in sorted(tps.items()):
+        m = containing(tp)
+        if m is not None and m.kind == "anon" and m.owner_lwp is None:
+            m.kind, m.note = "tls", "static TLS of LWP %d" % lwp
     # guards below stacks, and stack-shaped anonymous memory nobody owns
     for m in out:
         below = by_end.get(m.start)
@@ -240,10 +263,73 @@ def classify(target: Target) -> List[Mapping]:
                       and not _writable(below) and below.size <= GUARD_MAX)
         if m.kind == "thread-stack" and guard_like:
             below.kind = "guard"
-        elif m.kind == "anon" and _writable(m) and guard_like and m.size >= 16384 and m.owner_lwp is None:
+        elif m.kind == "anon" and _writable(m) and guard_like and m.size >= 16384 and m.owner_lwp is None \
+                and not m.note:
             m.kind, m.note = "thread-stack", "no thread"
             below.kind = "guard"
     return out
+
+
+def _main_heap_by_shape(target: Target, out: List[Mapping]) -> Optional[Mapping]:
+    """Fallback when main_arena is unknown: [heap] by name, else the anonymous mapping nearest
+    after the executable's lowest mapping that holds a chunk chain (brk starts after the
+    executable, randomised by up to 1 GiB; a static-pie's brk is elsewhere)."""
+    named = [m for m in out if m.kind == "heap"]
+    if named:
+        return named[0]
+    exe = [mod for mod in target.modules() if mod.is_main]
+    exe_end = min((mod.end for mod in exe), default=None)
+    if exe_end is None:
+        return None
+    cands = sorted((m for m in out if m.kind == "anon" and _writable(m) and m.start >= exe_end),
+                   key=lambda x: (x.start >= exe_end + (1 << 30), x.start))
+    for m in cands:
+        if looks_like_main_heap(target, m):
+            m.kind, m.path = "heap", "[heap]"
+            return m
+    return None
+
+
+def _split_heaps(out: List[Mapping], model) -> List[Mapping]:
+    """Label every arena heap, splitting mappings the kernel merged: a heap is [h, h+HEAP_MAX)
+    (its rw part, then the PROT_NONE reserve); the parts of a mapping outside every heap keep
+    their kind."""
+    hmax = model.layout.heap_max
+    heaps = sorted((h.address, ar.address) for ar, h in model.heaps())
+    if not heaps:
+        return out
+    starts = [h for h, _ in heaps]
+    res: List[Mapping] = []
+    for m in out:
+        if m.path and m.path != "[heap]" or m.kind not in ("anon", "heap"):
+            res.append(m)
+            continue
+        i = max(bisect.bisect_right(starts, m.start) - 1, 0)
+        cuts = {m.start, m.end}
+        hit = False
+        while i < len(heaps) and heaps[i][0] < m.end:
+            h = heaps[i][0]
+            if h + hmax > m.start:
+                hit = True
+                cuts.update(c for c in (h, h + hmax) if m.start < c < m.end)
+            i += 1
+        if not hit:
+            res.append(m)
+            continue
+        pts = sorted(cuts)
+        whole = len(pts) == 2
+        for a, b in zip(pts, pts[1:]):
+            k = bisect.bisect_right(starts, a) - 1
+            piece = Mapping(a, b, m.perms, m.kind, m.path, rss=m.rss if whole else None,
+                            private_dirty=m.private_dirty if whole else None, offset=m.offset,
+                            readable_end=m.readable_end if m.readable_end is None else min(max(m.readable_end, a), b))
+            if k >= 0 and heaps[k][0] <= a < heaps[k][0] + hmax:
+                piece.kind = "arena"
+                piece.note = ("reserved" if not _writable(m) else "arena 0x%x" % heaps[k][1])
+            elif not whole:
+                piece.note = "part of a merged mapping"
+            res.append(piece)
+    return res
 
 
 def totals(mappings: List[Mapping]) -> Dict[str, dict]:

@@ -207,6 +207,53 @@ def _looks_like_pthread(target: Target, pd: int) -> bool:
     return tcb == pd == self_
 
 
+SMALL_MAPPING = 1 << 20
+
+
+def thread_pointers(target: Target, maps: List[Mapping]) -> Dict[int, int]:
+    """LWP -> thread pointer (the address of its struct pthread on x86) of every live thread:
+    from fs_base where the target has it (x86-64), else from the struct pthreads found in
+    memory (tcb == self) whose ``tid`` is a live thread's LWP: near the top of the mappings that
+    hold a thread's SP, in small writable mappings (the main thread's, from ld.so) and at the
+    start of [heap] (a static executable's)."""
+    ps = target.pointer_size
+    threads = target.threads()
+    out: Dict[int, int] = {}
+    for t in threads:
+        tp = t.regs.get("fs_base") if target.arch == "x86-64" else None
+        if tp and _looks_like_pthread(target, tp):
+            out[t.lwp] = tp
+    missing = {t.lwp for t in threads if t.lwp not in out}
+    if not missing or target.arch not in ("i386", "x86-64"):
+        return out
+    ranges = []
+    for t in threads:
+        m = mapping_at(maps, t.sp)
+        if m is not None:
+            ranges.append((max(m.start, m.end - TOP_SCAN), m.end))
+    for m in maps:
+        if "w" in m.perms[:3] and (m.size <= SMALL_MAPPING or m.kind == "heap") and not m.perms.endswith("s"):
+            ranges.append((m.start, min(m.end, m.start + SMALL_MAPPING)))
+    list_off = None
+    for a, b in sorted(set(ranges)):
+        for pd in find_pthreads(target, a, b):
+            if list_off is None:
+                list_off = _list_offset(target, pd)
+                if list_off is None:
+                    continue
+            try:
+                raw = bytes(target.read(pd + list_off + 2 * ps, 4))
+            except MemoryReadError:
+                continue
+            tid = _signed32(int.from_bytes(raw, target.byteorder))
+            if tid in missing:
+                out[tid] = pd
+                missing.discard(tid)
+        if not missing:
+            break
+    return out
+
+
 def rlimit_stack(target: Target, sizes: List[int]) -> Tuple[Optional[int], str]:
     """RLIMIT_STACK's soft value: /proc/PID/limits when the process is on this machine, else the
     most common thread stack size (glibc's default stack size is RLIMIT_STACK)."""

@@ -8,14 +8,14 @@ from typing import List, Optional
 import numpy as np
 
 from .errors import MemoryReadError
-from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, walk_heap
+from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, FREE_UNKNOWN, STATE_TEXT, walk_heap
 from .maps import Mapping, classify, mapping_at
 from .modules import format_symbol, module_at, symbolize
 from .target import Target
 from .textparse import human_size
 
 FREE_TEXT = {FREE_BITS: "free (in a bin: next chunk's PREV_INUSE is clear)", FREE_TCACHE: "free (tcache)",
-             FREE_FAST: "free (fastbin)"}
+             FREE_FAST: "free (fastbin)", FREE_UNKNOWN: STATE_TEXT[FREE_UNKNOWN]}
 PF_X = 1
 
 
@@ -165,6 +165,12 @@ def _heap(target, maps, m, addr, out, lines):
     heap = walk_heap(target, maps)
     i = heap.chunk_index(addr)
     ps = target.pointer_size
+    # the first word of a chunk (or of top) is the previous chunk's last usable word while that
+    # one is in use (malloc_usable_size = chunksize - SIZE_SZ)
+    k = heap.chunk_index(addr - ps)
+    if k is not None and k != i and heap.free[k] == 0 and not (heap.mmapped is not None and heap.mmapped[k]) \
+            and addr < int(heap.addr[k]) + int(heap.size[k]) + ps:
+        i = k
     if i is None:
         for seg in heap.segments:
             if seg.top is not None and seg.top <= addr < seg.top + seg.top_size:
@@ -194,5 +200,7 @@ def _heap(target, maps, m, addr, out, lines):
     out["chunk"] = chunk
     where = "at the start of" if addr == user else (
         "in the header of" if addr < user else "%d bytes into" % (addr - user))
+    if addr >= c + size:
+        where += " (its last usable word, the next chunk's prev_size field)"
     lines.append("%s malloc chunk 0x%x (user 0x%x, chunk size %d, %s)%s" % (
         where, c, user, size, state, ", a %s object" % cls if cls else ""))

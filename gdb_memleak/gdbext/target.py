@@ -13,7 +13,7 @@ from ..core.textparse import (parse_core_path_from_info_target, parse_info_auxv,
 
 # general-purpose registers worth keeping per thread (roots for reachability)
 _GP_REGS = {
-    "x86-64": "rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip".split(),
+    "x86-64": "rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip fs_base".split(),
     "i386": "eax ebx ecx edx esi edi ebp esp eip".split(),
     "aarch64": ["x%d" % i for i in range(31)] + ["sp", "pc"],
     "arm": ["r%d" % i for i in range(13)] + ["sp", "lr", "pc"],
