@@ -5,7 +5,7 @@ VENV  := $(ROOT)/.venv
 PY    := $(VENV)/bin/python
 BUILD := $(ROOT)/build
 STAMP := $(VENV)/.installed
-APT_PACKAGES := gdb g++ g++-multilib valgrind python3-venv python3-pip make python3-numpy python3-pyelftools python3-capstone python3-tabulate
+APT_PACKAGES := gdb g++ g++-multilib valgrind python3-venv python3-pip make python3-numpy python3-pyelftools python3-capstone python3-tabulate libc6-dbg libc6-dbg:i386
 
 .PHONY: install system-deps demo test bench clean
 
@@ -31,6 +31,7 @@ system-deps:
 	    echo "installing:$$missing"; \
 	    if [ "$$(id -u)" != 0 ]; then echo "need root for apt-get install$$missing" >&2; exit 1; fi; \
 	    export DEBIAN_FRONTEND=noninteractive; \
+	    case "$$missing" in *:i386*) dpkg --print-foreign-architectures | grep -qx i386 || dpkg --add-architecture i386;; esac; \
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi
 

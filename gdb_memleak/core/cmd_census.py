@@ -105,6 +105,9 @@ class CensusCommand(Command):
         if res.skipped:
             ctx.write("skipped %d unreadable range(s), %s\n" % (
                 len(res.skipped), human_size(sum(b - a for a, b, _ in res.skipped))))
+        findings = list(heap.findings) if heap is not None else []
+        for f in findings:
+            ctx.write("heap finding: %s\n" % f.text())
         raw = []
         if args.raw:
             for p in range(len(index.points)):
@@ -127,4 +130,5 @@ class CensusCommand(Command):
                              "secondary": c.secondary, "embedded": c.embedded, "name_source": vc.source,
                              "size": c.size, "examples": [hex(a) for a in c.examples]} for vc, c in rows],
                 "points": raw,
+                "findings": [f.to_json() for f in findings],
             })

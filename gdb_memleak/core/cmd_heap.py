@@ -119,6 +119,8 @@ class HeapCommand(Command):
         if acc:
             w("\nwritable anonymous memory: %s\n" % human_size(acc["total"]))
             w(table([[label, human_size(acc[key])] for key, label in ACCOUNT_ROWS], ["where", "bytes"]) + "\n")
+            if acc.get("heap_not_walked"):
+                w("heap bytes no walk went through (see the findings): %s\n" % human_size(acc["heap_not_walked"]))
         hist = _histogram(heap.size[used & ~mm])
         if args.histogram:
             w("\n" + table([["%s-%s" % (human_size(h["min"]), human_size(h["max"]) if h["max"] else "…"),

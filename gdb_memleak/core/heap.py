@@ -66,6 +66,7 @@ class Heap:
     mmapped: Optional[np.ndarray] = None   # bool per chunk: an mmapped chunk
     accounting: Optional[dict] = None
     tcache_counts: Dict[int, Tuple[int, int]] = field(default_factory=dict)   # table -> (chunks, bytes)
+    skipped: List[Tuple[int, int]] = field(default_factory=list)   # heap ranges a walk skipped
 
     @property
     def user(self) -> np.ndarray:
@@ -222,6 +223,8 @@ class HeapWalker:
         self.findings = Findings()
         self.findings.extend(self.model.findings)
         self.chunks: list = []      # per segment: (start, addrs, sizes, inuse, mmapped) arrays
+        self.skipped: List[Tuple[int, int]] = []     # heap bytes a walk could not go through
+        self.skipped_bytes = 0
 
     # -- segments --------------------------------------------------------------
     def _add(self, seg: HeapSegment, w: Optional[_Walked], mmapped=None):
@@ -239,6 +242,35 @@ class HeapWalker:
         self.segments.append(seg)
         self.chunks.append((seg.first, addrs, sizes, inuse, mm))
 
+    def _walk_resync(self, first: int, end: int, what: str) -> _Walked:
+        """_walk, resumed after a corrupt chunk at the next place a sane chain of chunks starts
+        (the bytes in between are reported, not silently dropped)."""
+        lay = self.lay
+        win = _Window(self.t, first, end)
+        parts = []
+        cur = first
+        while True:
+            w = _walk(win, cur, end, lay)
+            parts.append(w)
+            if not w.reason.startswith("bad"):
+                break
+            why = w.reason.split(": ", 1)[1].split(" 0x")[0]
+            nxt = main_heap_first_chunk(self.t, w.pos + lay.align, end)
+            if nxt is None or nxt <= w.pos:
+                self.findings.add("walk-stopped", "a %s walk stopped at a corrupt chunk (%s): the rest of that "
+                                  "heap is not walked" % (what, why), w.pos)
+                break
+            self.findings.add("walk-resumed", "a %s walk met a corrupt chunk (%s) and resumed further on: the "
+                              "bytes in between are not walked" % (what, why), w.pos)
+            self.skipped_bytes += nxt - w.pos
+            self.skipped.append((w.pos, nxt))
+            cur = nxt
+        if len(parts) == 1:
+            return parts[0]
+        last = parts[-1]
+        return _Walked(np.concatenate([p.addrs for p in parts]), np.concatenate([p.sizes for p in parts]),
+                       np.concatenate([p.pbits for p in parts]), last.pos, last.reason, last.pos_pbit)
+
     def walk_main(self, ar: Arena):
         lay = self.lay
         m = mapping_at(self.maps, ar.top)
@@ -254,17 +286,13 @@ class HeapWalker:
         else:
             start = m.start
             first = main_heap_first_chunk(self.t, m.start, min(m.end, ar.top + ar.top_size)) or lay.aligned_chunk(m.start)
-        win = _Window(self.t, first, end)
-        w = _walk(win, first, end, lay)
+        w = self._walk_resync(first, end, "main heap")
         seg = HeapSegment("main", start, first, ar.top + ar.top_size, ar.address, ar.top, ar.top_size)
         if w.reason != "end":
             seg.walked_to = w.pos
             if w.reason == "fencepost":
                 self.findings.add("main-heap-gap", "the main heap has fenceposts before top (foreign sbrk or "
                                   "non-contiguous brk): chunks after them are not walked", w.pos)
-            else:
-                self.findings.add("walk-stopped", "a heap walk stopped at a corrupt chunk (%s): the rest of "
-                                  "that heap is not walked" % w.reason.split(": ", 1)[1].split(" at ")[0], w.pos)
         elif ar.top_size == 0 or (ar.top + ar.top_size) > m.end:
             self.findings.add("top-bad", "main_arena's top chunk size runs past its mapping", ar.top)
         self._add(seg, w)
@@ -274,31 +302,21 @@ class HeapWalker:
         for h in ar.heaps:
             cur = h.address <= ar.top < h.end
             end = ar.top if cur else h.end
-            win = _Window(self.t, h.first, h.end)
-            w = _walk(win, h.first, end, lay)
+            w = self._walk_resync(h.first, end, "arena heap")
             seg = HeapSegment("thread", h.address, h.first, h.end, ar.address,
                               ar.top if cur else None, ar.top_size if cur else 0, heap_info=h.address)
             if cur:
                 if w.reason != "end":
                     seg.walked_to = w.pos
-                    self._stopped(w)
                 if ar.top + ar.top_size != h.end:
                     self.findings.add("top-mismatch", "an arena's top chunk does not end where its heap ends "
                                       "(heap_info.size)", ar.top)
             elif w.reason != "fencepost":
                 seg.walked_to = w.pos
                 if w.reason == "end":
-                    self.findings.add("no-fencepost", "an older heap of an arena does not end with fenceposts", h.address)
-                else:
-                    self._stopped(w)
-            else:
-                seg.end = w.pos + 2 * lay.ps       # the fenceposts' tail words are not chunks
+                    self.findings.add("no-fencepost", "an older heap of an arena does not end with fenceposts",
+                                      h.address)
             self._add(seg, w)
-
-    def _stopped(self, w: _Walked):
-        why = w.reason.split(": ", 1)[-1]
-        self.findings.add("walk-stopped", "a heap walk stopped (%s): the rest of that heap is not walked"
-                          % why.split(" at ")[0].split(" 0x")[0], w.pos)
 
     def walk_shapes(self):
         """Fallback: the [heap] mapping by its chunk chain, arena heaps by heap_info."""
@@ -315,7 +333,8 @@ class HeapWalker:
                 seg = HeapSegment("main", m.start, first, m.end, None, int(w.addrs[-1]), int(w.sizes[-1]))
                 if w.reason != "end":
                     seg.walked_to = w.pos
-                    self._stopped(w)
+                    self.findings.add("walk-stopped", "the main heap walk stopped (%s): the rest of it is not "
+                                      "walked" % w.reason, w.pos)
                 # in shape mode the last chunk is taken for top
                 last = _Walked(w.addrs[:-1], w.sizes[:-1], w.pbits[:-1], int(w.addrs[-1]), "end",
                                int(w.pbits[-1]))
@@ -463,6 +482,9 @@ class HeapWalker:
         self.mark_fastbins(heap)
         self.check_totals(heap)
         heap.accounting = account(self.t, self.maps, heap)
+        heap.accounting["heap_not_walked"] = self.skipped_bytes + sum(
+            (s.top if s.top is not None else s.end) - s.walked_to for s in self.segments if s.walked_to is not None)
+        heap.skipped = self.skipped
         if heap.accounting["unexplained"] >= UNEXPLAINED_FLAG:
             big = max(heap.accounting["unexplained_regions"], key=lambda r: r[1] - r[0])
             self.findings.add("unexplained-memory", "%d MiB of writable anonymous memory is not malloc's, "
