@@ -73,8 +73,8 @@ def disagreements(ours: dict, truth: dict, healthy: bool = True) -> list:
                 lwp, (o["chunks"], o["bytes"]), (t["chunks"], t["bytes"])))
     n, nbytes = view["mmapped"]
     mm = ours["mmapped"]
-    if mm["chunks"] != n or not (0 <= nbytes - mm["bytes"] <= n * 2 * ps):
-        bad.append("mmapped chunks (count, bytes): ours %s, mp_ %s" % ((mm["chunks"], mm["bytes"]), (n, nbytes)))
+    if mm["chunks"] != n or mm["mapped_bytes"] != nbytes:
+        bad.append("mmapped chunks (count, bytes): ours %s, mp_ %s" % ((mm["chunks"], mm["mapped_bytes"]), (n, nbytes)))
     if healthy:
         if ours["findings"]:
             bad.append("findings on a healthy heap: %s" % [f["message"] for f in ours["findings"]])

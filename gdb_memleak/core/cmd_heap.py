@@ -100,6 +100,7 @@ class HeapCommand(Command):
                          human_size(d["free_bytes"]), human_size(d["top_size"]), "%.1f%%" % (100 * d["fragmentation"])])
         mm = heap.mmapped if heap.mmapped is not None else np.zeros(len(heap.addr), dtype=bool)
         mmapped = {"chunks": int(mm.sum()), "bytes": int(heap.size[mm].sum()),
+                   "mapped_bytes": sum(s.end - s.start for s in heap.segments if s.kind == "mmapped"),
                    "n_mmaps": model.mp.n_mmaps if model and model.mp else None,
                    "mmapped_mem": model.mp.mmapped_mem if model and model.mp else None}
         w = ctx.write

@@ -340,9 +340,9 @@ class HeapWalker:
                                int(w.pbits[-1]))
                 self._add(seg, last)
 
-    def add_mmapped(self, chunks: List[Tuple[int, int]]):
-        for c, cs in chunks:
-            self._add(HeapSegment("mmapped", c, c, c + cs), None, mmapped=[(c, cs)])
+    def add_mmapped(self, chunks: List[Tuple[int, int, int]]):
+        for c, cs, mstart in chunks:
+            self._add(HeapSegment("mmapped", mstart, c, c + cs), None, mmapped=[(c, cs)])
 
     # -- free lists ------------------------------------------------------------
     def _chain(self, head: int, user_link: bool, heap: Heap, want: int, limit: int, safe: bool):
@@ -445,13 +445,15 @@ class HeapWalker:
                                   "system_mem says (heaps missing or corrupt)", ar.address)
         mp = self.model.mp
         if mp is not None:
-            n = int(heap.mmapped.sum()) if heap.mmapped is not None else 0
-            nbytes = int(heap.size[heap.mmapped].sum()) if n else 0
-            # mmapped_mem counts each mapping's pages, including the alignment correction on i386
+            mm = [s for s in self.segments if s.kind == "mmapped"]
+            n = len(mm)
+            # mmapped_mem counts each mapping's pages: the chunk and what lies before it (i386's
+            # alignment correction, a memalign lead)
+            nbytes = sum(s.end - s.start for s in mm)
             if n != mp.n_mmaps:
                 self.findings.add("mmapped-count-mismatch", "mp_.n_mmaps says %d mmapped chunks, %d were found"
                                   % (mp.n_mmaps, n), None)
-            elif abs(nbytes - mp.mmapped_mem) > n * lay.align:
+            elif nbytes != mp.mmapped_mem:
                 self.findings.add("mmapped-bytes-mismatch", "mp_.mmapped_mem says %d bytes of mmapped chunks, "
                                   "%d were found" % (mp.mmapped_mem, nbytes), None)
 
@@ -497,13 +499,33 @@ def _why_kind(why: str) -> str:
     return why.split(" 0x")[0].replace("entry", "an entry").strip()
 
 
-def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
-    """glibc's mmapped chunks (malloc above the mmap threshold) as (chunk, size), from every page
+MEMALIGN_LEAD = 4 << 20        # how far into an mmapped chunk a memalign'd chunk is looked for
+
+
+def _anon_runs(maps: List[Mapping]) -> List[Tuple[int, int]]:
+    """Runs of adjacent writable anonymous mappings (not arena heaps): one mmap can be several
+    mappings (madvise(MADV_HUGEPAGE) on part of it splits it), and several mmaps one mapping."""
+    runs: List[Tuple[int, int]] = []
+    for m in maps:
+        if m.kind not in ("anon", "tls") or "w" not in m.perms[:3] or m.perms.endswith("s"):
+            continue
+        if runs and runs[-1][1] == m.start:
+            runs[-1] = (runs[-1][0], m.end)
+        else:
+            runs.append((m.start, m.end))
+    return runs
+
+
+def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, int, int]]:
+    """glibc's mmapped chunks (malloc above the mmap threshold) as (chunk, size, mapping start:
+    the chunk minus its prev_size), from every page
     of writable anonymous memory that is not an arena heap: a page that starts with prev_size 0
     and a size word whose flags are exactly IS_MMAPPED and whose size is whole pages that fit the
-    mapping.  Adjacent anonymous mmaps merge into one mapping, so chunks are looked for at every
-    page, not only at mapping starts; pages inside an accepted chunk are skipped.  Cached on the
-    target."""
+    run of mappings.  Adjacent anonymous mmaps merge into one mapping, so chunks are looked for
+    at every page, not only at mapping starts; pages inside an accepted chunk are skipped.
+    memalign/posix_memalign move an mmapped chunk forward by a lead that its prev_size holds
+    (the stale header at the mapping start stays): such a chunk is taken at its real place.
+    Cached on the target."""
     cached = getattr(target, "_mmapped_chunks", None)
     if cached is not None:
         return cached
@@ -512,11 +534,9 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
     dt = np.dtype(("<" if target.byteorder == "little" else ">") + ("u8" if ps == 8 else "u4"))
     per_page = PAGE // ps
     out: List[Tuple[int, int]] = []
-    for m in maps:
-        if m.kind not in ("anon", "tls") or "w" not in m.perms[:3]:
-            continue
-        skip_to = m.start
-        for addr, data in iter_chunks(target, m.start, m.end, 4 << 20):
+    for start, end in _anon_runs(maps):
+        skip_to = start
+        for addr, data in iter_chunks(target, start, end, 4 << 20):
             n = len(data) // ps
             if n < 2 or addr % PAGE:
                 continue
@@ -532,15 +552,37 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
                 cs = (sf & dt.type(~7 & ((1 << (8 * ps)) - 1))).astype(np.uint64)
                 ok = ((prev == corr) & ((sf & dt.type(7)) == IS_MMAPPED) & (cs >= PAGE - corr)
                       & ((cs + np.uint64(corr)) % np.uint64(PAGE) == 0)
-                      & (page_addr + np.uint64(corr) + cs <= np.uint64(m.end)))
+                      & (page_addr + np.uint64(corr) + cs <= np.uint64(end)))
                 found.extend((int(page_addr[i]) + corr, int(cs[i])) for i in np.flatnonzero(ok))
             for c, size in sorted(found):
                 if c < skip_to:
                     continue
-                out.append((c, size))
+                c2, size2 = _memaligned(target, dt, c, size)
+                out.append((c2, size2, c - (c % PAGE)))
                 skip_to = c + size
     target._mmapped_chunks = out
     return out
+
+
+def _memaligned(target: Target, dt, c: int, size: int) -> Tuple[int, int]:
+    """The chunk memalign made of the mmapped chunk (c, size), if it did: a header inside it at
+    c + lead whose prev_size is lead (plus the i386 correction) and whose size is size - lead."""
+    ps = target.pointer_size
+    n = min(size, MEMALIGN_LEAD) // ps
+    data = target.try_read(c, n * ps)
+    if data is None or n < 4:
+        return c, size
+    w = np.frombuffer(bytes(data), dtype=dt).astype(np.uint64)
+    base_prev = int(w[0])
+    k = np.arange(2, n - 1, dtype=np.uint64)
+    lead = k * np.uint64(ps)
+    sf = w[3:n]
+    hit = np.flatnonzero((w[2:n - 1] == lead + np.uint64(base_prev)) & ((sf & np.uint64(7)) == IS_MMAPPED)
+                         & ((sf & ~np.uint64(7)) == np.uint64(size) - lead))
+    if len(hit):
+        lead_b = int(lead[hit[0]])
+        return c + lead_b, size - lead_b
+    return c, size
 
 
 def account(target: Target, maps: List[Mapping], heap: Heap) -> dict:
@@ -582,7 +624,7 @@ def heap_ranges(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
     for m in maps:
         if m.kind in ("heap", "arena") and "w" in m.perms[:3]:
             out.append((m.start, m.end))
-    out.extend((c, c + cs) for c, cs in find_mmapped_chunks(target, maps))
+    out.extend((c, c + cs) for c, cs, _m in find_mmapped_chunks(target, maps))
     return sorted(out)
 
 
