@@ -54,10 +54,12 @@ def ours_in_gdb(work, where, start, end):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--arena", action="store_true",
+                    help="half the heap in one thread arena several heaps long, ~1.6 M chunks per GiB")
     ap.add_argument("--manual-mib", type=int, default=64)
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-census-")
-    exe, run, core, gcore_s = big_heap(work, a.mib)
+    exe, run, core, gcore_s = big_heap(work, a.mib, arena=a.arena)
     try:
         gdb = GDB
         out = os.path.join(work, "c.json")

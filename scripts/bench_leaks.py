@@ -59,11 +59,13 @@ def valgrind_compare(work, exe, mib, leak_every):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--arena", action="store_true",
+                    help="half the heap in one thread arena several heaps long, ~1.6 M chunks per GiB")
     ap.add_argument("--leak-every", type=int, default=16)
     ap.add_argument("--valgrind-mib", type=int, default=128, help="0 skips the valgrind comparison")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-leaks-")
-    exe, run, core, gcore_s = big_heap(work, a.mib, a.leak_every)
+    exe, run, core, gcore_s = big_heap(work, a.mib, a.leak_every, arena=a.arena)
     rows = []
     try:
         out = os.path.join(work, "o.json")

@@ -31,11 +31,12 @@ def rss_of(argv):
     return int(out) / 1024.0
 
 
-def big_heap(work, mib, leak_every=0):
-    """Build tests/fixtures/bigheap.cpp, run it to READY and gcore it: (exe, Running, core, gcore s)."""
+def big_heap(work, mib, leak_every=0, arena=False):
+    """Build tests/fixtures/bigheap.cpp, run it to READY and gcore it: (exe, Running, core, gcore s).
+    With ``arena`` half the heap is in one thread arena several heaps long (~1.6 M chunks/GiB)."""
     exe = os.path.join(work, "bigheap")
-    subprocess.run(["g++", "-O1", os.path.join(FIXTURES, "bigheap.cpp"), "-o", exe], check=True)
-    run = Running([exe, str(mib), str(leak_every)])
+    subprocess.run(["g++", "-O1", "-pthread", os.path.join(FIXTURES, "bigheap.cpp"), "-o", exe], check=True)
+    run = Running([exe, str(mib), str(leak_every)] + (["arena"] if arena else []))
     t = time.monotonic()
     core = run.gcore(os.path.join(work, "big.core"))
     return exe, run, core, time.monotonic() - t
