@@ -459,7 +459,23 @@ def find_tcaches(target: Target, lay: Layout, tps: Dict[int, int], model: GlibcM
                 hits[lo + idx * ps - tp] += 1
     if not hits:
         return
-    off = max(hits.items(), key=lambda kv: (kv[1], -abs(kv[0])))[0]
+    # a real tcache's table is one: counts within mp_.tcache_count, an entry exactly where the
+    # count is not 0, entries pointing into the heaps (a freed table-sized chunk, or a program's
+    # own pointer to one, is not); then the most threads; then the nearest
+    cands = sorted(hits.items(), key=lambda kv: (-kv[1], abs(kv[0])))[:8]
+    limit = model.mp.tcache_count if model.mp is not None else 0xFFFF
+
+    def plausible(off):
+        n = 0
+        for lwp, tp in tps.items():
+            try:
+                table = target.read_word(tp + off)
+            except MemoryReadError:
+                continue
+            if table and _table_plausible(target, lay, table, lo_arr, hi_arr, limit):
+                n += 1
+        return n
+    off = max(cands, key=lambda kv: (plausible(kv[0]), kv[1], -abs(kv[0])))[0]
     model.tls_offset = off
     for lwp, tp in sorted(tps.items()):
         try:
@@ -474,6 +490,25 @@ def find_tcaches(target: Target, lay: Layout, tps: Dict[int, int], model: GlibcM
                                "(its free chunks count as in use)", tp + off)
             continue
         model.tcaches.append(Tcache(lwp, tp, table, width or 2))
+
+
+def _table_plausible(target: Target, lay: Layout, table: int, lo_arr, hi_arr, count_limit: int) -> bool:
+    width = _tcache_chunk_width(target, lay, table)
+    if not width:
+        return False
+    try:
+        raw = bytes(target.read(table, width * TCACHE_BINS + lay.ps * TCACHE_BINS))
+    except MemoryReadError:
+        return False
+    counts = np.frombuffer(raw, dtype=lay.e + ("u2" if width == 2 else "u1"), count=TCACHE_BINS).astype(np.int64)
+    entries = np.frombuffer(raw, dtype=lay.dt, count=TCACHE_BINS, offset=width * TCACHE_BINS).astype(np.uint64)
+    if (counts > count_limit).any() or ((counts != 0) != (entries != 0)).any():
+        return False
+    e = entries[entries != 0]
+    if (e % np.uint64(lay.align)).any():
+        return False
+    k = np.searchsorted(lo_arr, e, side="right") - 1
+    return bool(((k >= 0) & (e < hi_arr[np.clip(k, 0, None)])).all())
 
 
 # -- the whole model ----------------------------------------------------------------------------

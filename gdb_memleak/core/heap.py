@@ -257,10 +257,10 @@ class HeapWalker:
             why = w.reason.split(": ", 1)[1].split(" 0x")[0]
             nxt = main_heap_first_chunk(self.t, w.pos + lay.align, end)
             if nxt is None or nxt <= w.pos:
-                self.findings.add("walk-stopped", "a %s walk stopped at a corrupt chunk (%s): the rest of that "
+                self.findings.add("walk-stopped", "the walk of %s stopped at a corrupt chunk (%s): the rest of that "
                                   "heap is not walked" % (what, why), w.pos)
                 break
-            self.findings.add("walk-resumed", "a %s walk met a corrupt chunk (%s) and resumed further on: the "
+            self.findings.add("walk-resumed", "the walk of %s met a corrupt chunk (%s) and resumed further on: the "
                               "bytes in between are not walked" % (what, why), w.pos)
             self.skipped_bytes += nxt - w.pos
             self.skipped.append((w.pos, nxt))
@@ -286,7 +286,7 @@ class HeapWalker:
         else:
             start = m.start
             first = main_heap_first_chunk(self.t, m.start, min(m.end, ar.top + ar.top_size)) or lay.aligned_chunk(m.start)
-        w = self._walk_resync(first, end, "main heap")
+        w = self._walk_resync(first, end, "the main heap")
         seg = HeapSegment("main", start, first, ar.top + ar.top_size, ar.address, ar.top, ar.top_size)
         if w.reason != "end":
             seg.walked_to = w.pos
@@ -302,7 +302,7 @@ class HeapWalker:
         for h in ar.heaps:
             cur = h.address <= ar.top < h.end
             end = ar.top if cur else h.end
-            w = self._walk_resync(h.first, end, "arena heap")
+            w = self._walk_resync(h.first, end, "an arena heap")
             seg = HeapSegment("thread", h.address, h.first, h.end, ar.address,
                               ar.top if cur else None, ar.top_size if cur else 0, heap_info=h.address)
             if cur:
@@ -345,44 +345,45 @@ class HeapWalker:
             self._add(HeapSegment("mmapped", mstart, c, c + cs), None, mmapped=[(c, cs)])
 
     # -- free lists ------------------------------------------------------------
-    def _chain(self, head: int, user_link: bool, heap: Heap, want: int, limit: int, safe: bool):
-        """Follow a singly linked free list.  Returns (chunk indices, None) when it ends in NULL
-        within ``limit``, else (indices so far, why)."""
+    def _chain(self, head: int, head_at: int, user_link: bool, heap: Heap, want: int, limit: int, safe: bool):
+        """Follow a singly linked free list whose head is stored at ``head_at``.  Returns
+        (chunk indices, None, None) when it ends in NULL within ``limit``, else (indices so
+        far, why, the address of the word that holds the bad link)."""
         ps = self.lay.ps
         out, seen = [], set()
-        cur = head
+        cur, at = head, head_at
         while cur:
             if len(out) >= limit:
-                return out, "longer than its count"
+                return out, "longer than its count", at
             chunk = cur - 2 * ps if user_link else cur
-            if (chunk + 2 * ps) % self.lay.align:
-                return out, "misaligned entry 0x%x" % cur
+            if chunk < 0 or (chunk + 2 * ps) % self.lay.align:
+                return out, "misaligned entry", at
             i = heap.chunk_index(chunk)
             if i is None or int(heap.addr[i]) != chunk:
-                return out, "entry 0x%x is not a chunk" % cur
+                return out, "entry is not a heap chunk", at
             if int(heap.size[i]) != want:
-                return out, "entry 0x%x has the wrong size" % cur
+                return out, "entry has the wrong size", at
             if i in seen:
-                return out, "cycle"
+                return out, "cycle", at
             seen.add(i)
             out.append(i)
-            link = chunk + 2 * ps
+            at = chunk + 2 * ps
             try:
-                raw = self.t.read_word(link)
+                raw = self.t.read_word(at)
             except MemoryReadError:
-                return out, "link unreadable at 0x%x" % link
-            cur = ((link >> 12) ^ raw) if safe else raw
-        return out, None
+                return out, "link unreadable", at
+            cur = ((at >> 12) ^ raw) if safe else raw
+        return out, None, None
 
-    def _follow(self, head, user_link, heap, want, limit):
+    def _follow(self, head, head_at, user_link, heap, want, limit):
         """Safe-linked (glibc >= 2.32) first, then plain; the better of the two."""
         best = None
         for safe in (True, False):
-            got, why = self._chain(head, user_link, heap, want, limit, safe)
+            got, why, at = self._chain(head, head_at, user_link, heap, want, limit, safe)
             if why is None:
-                return got, None
+                return got, None, None
             if best is None or len(got) > len(best[0]):
-                best = (got, why)
+                best = (got, why, at)
         return best
 
     def mark_tcaches(self, heap: Heap):
@@ -404,9 +405,10 @@ class HeapWalker:
                 if not entries[b] and not counts[b]:
                     continue
                 want = lay.tcache_bin_size(b)
-                got, why = self._follow(entries[b], True, heap, want, max(counts[b], 1) if counts[b] else 1)
+                slot = tc.table + cw * TCACHE_BINS + ps * b
+                got, why, at = self._follow(entries[b], slot, True, heap, want, counts[b] or 1)
                 if why is None and len(got) != counts[b]:
-                    why = "%d entries for a count of %d" % (len(got), counts[b])
+                    why, at = "its count says otherwise", tc.table + cw * b
                 if why is None:
                     heap.free[got] = FREE_TCACHE
                     n, nb = heap.tcache_counts.get(tc.table, (0, 0))
@@ -414,7 +416,7 @@ class HeapWalker:
                     continue
                 heap.free[got] = FREE_UNKNOWN
                 self.findings.add("tcache-list-bad", "a tcache free list does not validate (%s): the chunks it "
-                                  "names are 'state unknown'" % _why_kind(why), tc.table + cw * b)
+                                  "names are 'state unknown'" % why, at)
 
     def mark_fastbins(self, heap: Heap):
         lay = self.lay
@@ -422,14 +424,14 @@ class HeapWalker:
             for b, head in enumerate(ar.fastbins):
                 if not head:
                     continue
-                got, why = self._follow(head, False, heap, lay.fastbin_size(b), MAX_LIST)
+                slot = ar.address + lay.fb_off + b * lay.ps
+                got, why, at = self._follow(head, slot, False, heap, lay.fastbin_size(b), MAX_LIST)
                 if why is None:
                     heap.free[got] = FREE_FAST
                     continue
                 heap.free[got] = FREE_UNKNOWN
                 self.findings.add("fastbin-bad", "a fastbin free list does not validate (%s): the chunks it "
-                                  "names are 'state unknown'" % _why_kind(why),
-                                  ar.address + lay.fb_off + b * lay.ps)
+                                  "names are 'state unknown'" % why, at)
 
     # -- checks ----------------------------------------------------------------
     def check_totals(self, heap: Heap):
@@ -493,10 +495,6 @@ class HeapWalker:
                               "not a stack, not module data: look at it with 'memleak maps' / 'memleak "
                               "vtable-census START END'" % (heap.accounting["unexplained"] >> 20), big[0])
         return heap
-
-
-def _why_kind(why: str) -> str:
-    return why.split(" 0x")[0].replace("entry", "an entry").strip()
 
 
 MEMALIGN_LEAD = 4 << 20        # how far into an mmapped chunk a memalign'd chunk is looked for

@@ -108,6 +108,11 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
                 stale_reason=None):
     """(roots, excluded): the memory scanned as roots, and what was left out and why."""
     chunks = sorted((s.start, s.end) for s in heap.segments if s.kind == "mmapped")
+    # main_arena is malloc's own bookkeeping: its bins, fastbins and top hold the addresses of
+    # free chunks, which are also the last usable word of the chunk before them; not a root
+    model = heap.model
+    if model is not None and model.main_arena:
+        chunks = sorted(chunks + [(model.main_arena, model.main_arena + model.layout.state_size)])
     sps = {}
     for t in target.threads():
         m = mapping_at(maps, t.sp)
