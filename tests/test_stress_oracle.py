@@ -57,9 +57,18 @@ def test_layout(layout, swork, tmp_path):
     t = oracle.truth_from_core(exe, core)
     assert oracle.check_identities(t) == []
     assert disagreements(ours_offline(exe, core), t) == []
+    maps = {m["start"]: m for m in ours_offline(exe, core, "maps")["mappings"]}
     if scen == "multiheap":
         heaps = max(len(a["heaps"]) for a in t["arenas"])
         assert heaps > (4 if bits == 64 else 16)
+        # every heap is labelled with its arena, even where the kernel merged heaps into one mapping
+        for a in t["arenas"]:
+            for h in a["heaps"] if not a["main"] else []:
+                m = maps.get(hex(h["start"]))
+                assert m is not None and m["kind"] == "arena" and m["note"] == "arena 0x%x" % a["address"], m
+    if scen == "selfmap":
+        m = maps.get(truth["selfmap"]["heap_start"])
+        assert m is not None and m["kind"] == "heap", (truth["selfmap"], m)
     if scen in ("multiheap", "manythreads") and run == 0:
         assert disagreements(ours_gdb_core(exe, core), t) == []
 
