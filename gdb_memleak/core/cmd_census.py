@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import time
 
-from .command import Command, add_json_argument, add_range_arguments, resolve_range
+from .command import Command, add_json_argument, add_range_arguments, clip_range, resolve_range
 from .errors import MemleakError, UsageError
 from .heap import heap_ranges, walk_heap
 from .maps import classify
@@ -48,9 +48,8 @@ class CensusCommand(Command):
         if args.at_chunk_start:
             heap = walk_heap(t, maps)
         if rng:
-            if not any(m.start < rng[1] and rng[0] < m.end for m in maps):
-                raise MemleakError("0x%x-0x%x is not mapped in the target (see 'memleak maps')" % rng)
-            ranges, label = [rng], {"start": hex(rng[0]), "end": hex(rng[1])}
+            # only the mapped parts are read: unmapped space costs nothing
+            ranges, label = [(a, b) for a, b, _m in clip_range(rng, maps)], {"start": hex(rng[0]), "end": hex(rng[1])}
         elif args.heap:
             ranges, label = heap_ranges(t, maps), {"heap": True}
         elif args.anon:

@@ -124,6 +124,22 @@ def resolve_range(ctx: Context, args):
     if args.start is None or args.end is None:
         raise UsageError("give both START and END")
     start, end = ctx.evaluate(args.start), ctx.evaluate(args.end)
+    top = 1 << (8 * ctx.target.pointer_size)
+    for what, v in (("START", start), ("END", end)):
+        if v < 0 or v > top or (what == "START" and v == top):
+            raise UsageError("%s %s is not an address of this %d-bit target" % (
+                what, ("-0x%x" % -v) if v < 0 else "0x%x" % v, 8 * ctx.target.pointer_size))
     if end <= start:
         raise UsageError("empty or reversed range 0x%x-0x%x: END must be above START" % (start, end))
     return start, end
+
+
+def clip_range(rng, maps):
+    """The parts of [start, end) that are mapped, as (start, end, mapping) pieces in address
+    order; one clear error when none is: unmapped space is never read."""
+    start, end = rng
+    out = [(max(start, m.start), min(end, m.end), m) for m in maps if m.start < end and start < m.end]
+    if not out:
+        from .errors import MemleakError
+        raise MemleakError("0x%x-0x%x is not mapped in the target: not one byte of it (see 'memleak maps')" % (start, end))
+    return out

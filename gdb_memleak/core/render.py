@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Iterable, Sequence
 
-from .errors import MemleakError
 
 try:
     from tabulate import tabulate as _tabulate
@@ -23,26 +21,15 @@ def table(rows: Iterable[Sequence], headers: Sequence[str], colalign=None) -> st
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def write_text(path: str, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` atomically: a tmp file created with ``mode`` (never through a
-    symlink, never over an existing tmp), then renamed over ``path``."""
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise MemleakError("cannot write %s: %s" % (path, e.strerror or e))
+def write_text(path: str, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` atomically, 0600, never through a symlink (see files.py)."""
+    from .files import write_file
+    write_file(path, text.encode())
 
 
-def write_json(path: str, obj, mode: int = 0o644) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n", mode)
+def write_json(path: str, obj, mode: int = 0o600) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically, 0600."""
+    write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def hexaddr(a) -> str:
