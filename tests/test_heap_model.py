@@ -41,3 +41,22 @@ def test_static_tls_mapping_is_not_an_orphan_stack(tls_run, tmp_path):
         r = run_gdb(*cmds, exe=exe, core=core) if how == "core" else run_gdb(*cmds, pid=run.pid)
         assert r.returncode == 0, r.stderr
         _tls_checks(*(load_json(outs[c]) for c in ("maps", "threads", "leaks")), run.truth)
+
+
+def test_whatis_last_usable_word_belongs_to_the_chunk(workdir, tmp_path):
+    """The next chunk's prev_size word is the last usable word of an in-use chunk: whatis names
+    that chunk, not a header (the stress fixture keeps objects referenced only through it)."""
+    import stress
+    exe, core, truth = stress.stress_core(workdir, ["multiheap"], "64")
+    for user in truth["marks"]["live_lastword_target"][:3]:
+        out1, out2 = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+        r = run_cli("--core", core, "--exe", exe, "whatis", user, "--json", out1)
+        assert r.returncode == 0, r.stderr
+        c = load_json(out1)["results"][0]["chunk"] if "results" in load_json(out1) else load_json(out1)["chunk"]
+        last = int(c["start"], 16) + c["size"]
+        r = run_cli("--core", core, "--exe", exe, "whatis", hex(last), "--json", out2)
+        assert r.returncode == 0, r.stderr
+        d = load_json(out2)
+        c2 = d["results"][0]["chunk"] if "results" in d else d["chunk"]
+        assert c2["start"] == c["start"] and c2["state"] == "in use", (c, c2)
+        assert c2["offset"] == c["size"] - 16
