@@ -12,7 +12,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import GDB, PY, ROOT, big_heap, rss_of, timed  # noqa: E402
+from benchlib import GDB, PY, ROOT, big_heap, code_state, loadavg, rss_of, timed  # noqa: E402
 
 
 def manual_method(work, where, start, n, redirect):
@@ -58,6 +58,7 @@ def main():
                     help="half the heap in one thread arena several heaps long, ~1.6 M chunks per GiB")
     ap.add_argument("--manual-mib", type=int, default=64)
     a = ap.parse_args()
+    load_before, code = loadavg(), code_state()
     work = tempfile.mkdtemp(prefix="bench-census-")
     exe, run, core, gcore_s = big_heap(work, a.mib, arena=a.arena)
     try:
@@ -78,6 +79,7 @@ def main():
                      [PY, "-m", "gdb_memleak", "--core", core, "--no-progress", "vtable-census", "--heap", "--json", out])
         census("gdb on the core", gdb + ["-ex", "memleak vtable-census --heap --json " + out, exe, core])
         census("gdb live (attach)", gdb + ["-p", str(run.pid), "-ex", "memleak vtable-census --heap --json " + out])
+        load_table = loadavg()
         base_gdb = rss_of(gdb + [exe, core])
         base_py = rss_of([PY, "-c", "import numpy, elftools, tabulate"])
         # the manual method on a range of the heap, as field report 004 runs it
@@ -96,8 +98,11 @@ def main():
         ours = []
         for label, where in (("gdb live (attach)", ["-p", str(run.pid)]), ("gdb on the core", [exe, core])):
             ours.append((label,) + ours_in_gdb(work, where, start, end))
-        print("\n## vtable-census (%s, %d MiB heap, %d objects; gcore took %.1f s)\n" % (
-            time.strftime("%Y-%m-%d"), a.mib, sum(c["count"] for c in doc["classes"]), gcore_s))
+        print("\n## vtable-census (%s, %d MiB heap%s, %d objects; gcore took %.1f s)\n" % (
+            time.strftime("%Y-%m-%d"), a.mib, ", --arena" if a.arena else "", sum(c["count"] for c in doc["classes"]),
+            gcore_s))
+        print("Code: %s. Load average (1, 5, 15 min) before: %s; after the main table: %s; after the whole "
+              "run: %s (%d cores).\n" % (code, load_before, load_table, loadavg(), os.cpu_count()))
         print("| where | scanned | setup s | scan s | MB/s | wall s | peak RSS MiB (baseline) |")
         print("|---|---|---|---|---|---|---|")
         for label, nb, setup, scan, rate, wall, rss in results:

@@ -1,5 +1,6 @@
 """Shared helpers of the scripts/bench_*.py benchmarks: timing child commands and their peak RSS,
 building and snapshotting the big-heap fixture."""
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +41,32 @@ def big_heap(work, mib, leak_every=0, arena=False):
     t = time.monotonic()
     core = run.gcore(os.path.join(work, "big.core"))
     return exe, run, core, time.monotonic() - t
+
+
+def run_measured(argv, stdin_text=""):
+    """Run argv once, alone in a fresh wrapper process, feeding it ``stdin_text``: (wall s, peak RSS
+    MiB, stdout).  The RSS is the wrapper's RUSAGE_CHILDREN maximum, i.e. that child's own peak."""
+    code = ("import json,resource,subprocess,sys,time; t=time.monotonic(); "
+            "r=subprocess.run(sys.argv[1:], input=sys.stdin.read(), capture_output=True, text=True); "
+            "dt=time.monotonic()-t; print(json.dumps({'wall': dt, 'rc': r.returncode, 'out': r.stdout, "
+            "'err': r.stderr[-2000:], 'maxrss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    r = subprocess.run([PY, "-c", code] + argv, input=stdin_text, capture_output=True, text=True)
+    doc = json.loads(r.stdout)
+    if doc["rc"]:
+        sys.exit("failed: %s\n%s" % (" ".join(argv), doc["err"]))
+    return doc["wall"], doc["maxrss"] / 1024.0, doc["out"]
+
+
+def loadavg():
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def code_state():
+    """The commit measured, plus the package files then modified in the work tree (others may be
+    editing them while a benchmark runs)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "gdb_memleak"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split("\n")
+    dirty = [ln[3:] for ln in dirty if ln.strip()]
+    return head + (" + uncommitted changes in " + ", ".join(dirty) if dirty else "")
