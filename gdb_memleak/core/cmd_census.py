@@ -4,9 +4,9 @@ from __future__ import annotations
 import re
 import time
 
-from .command import Command, add_json_argument, add_range_arguments, clip_range, resolve_range
+from .command import Command, add_json_argument, add_scan_arguments, scan_ranges
 from .errors import MemleakError, UsageError
-from .heap import heap_ranges, walk_heap
+from .heap import walk_heap
 from .maps import classify
 from .progress import Progress
 from .render import table, write_json
@@ -19,11 +19,7 @@ class CensusCommand(Command):
     summary = "Count C++ objects per class (vtable pointers) in a range, the heap, or all memory."
 
     def add_arguments(self, p):
-        add_range_arguments(p)
-        g = p.add_mutually_exclusive_group()
-        g.add_argument("--heap", action="store_true", help="main heap, arena heaps and mmapped chunks")
-        g.add_argument("--anon", action="store_true", help="every writable anonymous mapping (heap, arenas, anon)")
-        g.add_argument("--all", action="store_true", help="all writable memory")
+        add_scan_arguments(p)
         p.add_argument("--at-chunk-start", action="store_true",
                        help="count only vptrs at a malloc chunk's start (allocations); the rest is 'embedded'")
         p.add_argument("--top", metavar="N", type=int, default=30, help="show the N biggest classes (default 30; 0: all)")
@@ -34,10 +30,6 @@ class CensusCommand(Command):
 
     def run(self, ctx, args):
         t = ctx.target
-        rng = resolve_range(ctx, args)
-        modes = sum(bool(x) for x in (rng, args.heap, args.anon, args.all))
-        if modes != 1:
-            raise UsageError("give START END, or one of --heap, --anon, --all")
         try:
             grep = re.compile(args.grep) if args.grep else None
         except re.error as e:
@@ -47,19 +39,7 @@ class CensusCommand(Command):
         heap = None
         if args.at_chunk_start:
             heap = walk_heap(t, maps)
-        if rng:
-            # only the mapped parts are read: unmapped space costs nothing
-            ranges, label = [(a, b) for a, b, _m in clip_range(rng, maps)], {"start": hex(rng[0]), "end": hex(rng[1])}
-        elif args.heap:
-            ranges, label = heap_ranges(t, maps), {"heap": True}
-        elif args.anon:
-            ranges = [(m.start, m.end) for m in maps if m.kind in ("heap", "arena", "anon") and "w" in m.perms[:3]]
-            label = {"anon": True}
-        else:
-            ranges = [(m.start, m.end) for m in maps if "w" in m.perms[:3] and m.kind not in ("vvar",)]
-            label = {"all": True}
-        if not ranges:
-            raise MemleakError("nothing to scan: no mapping of that kind")
+        ranges, label = scan_ranges(ctx, args, maps)
         index = build_index(t)
         for w in index.warnings:
             ctx.warn("warning: " + w)

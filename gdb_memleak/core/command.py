@@ -98,9 +98,11 @@ class Command:
 
 
 def registry() -> List[Command]:
-    from . import cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps, cmd_threads, cmd_vgdb, cmd_whatis
+    from . import (cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps, cmd_strings, cmd_threads, cmd_vgdb,
+                   cmd_whatis)
     return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand(), cmd_census.CensusCommand(), cmd_heap.HeapCommand(),
             cmd_leaks.LeaksCommand(), cmd_threads.ThreadsCommand(), cmd_whatis.WhatisCommand(),
+            cmd_strings.StringsCommand(),
             cmd_vgdb.VgdbLeakCheck(), cmd_vgdb.VgdbBlocks(), cmd_vgdb.VgdbWhoPointsAt(), cmd_vgdb.VgdbWatch()]
 
 
@@ -143,3 +145,36 @@ def clip_range(rng, maps):
         from .errors import MemleakError
         raise MemleakError("0x%x-0x%x is not mapped in the target: not one byte of it (see 'memleak maps')" % (start, end))
     return out
+
+
+def add_scan_arguments(p: ArgParser, heap_help: str = "main heap, arena heaps and mmapped chunks"):
+    """START END, or one of --heap, --anon, --all: what a scanning command reads."""
+    add_range_arguments(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--heap", action="store_true", help=heap_help)
+    g.add_argument("--anon", action="store_true", help="every writable anonymous mapping (heap, arenas, anon)")
+    g.add_argument("--all", action="store_true", help="all writable memory")
+
+
+def scan_ranges(ctx: Context, args, maps):
+    """(ranges, label) for add_scan_arguments' options; ranges clipped to the mappings."""
+    rng = resolve_range(ctx, args)
+    modes = sum(bool(x) for x in (rng, args.heap, args.anon, args.all))
+    if modes != 1:
+        raise UsageError("give START END, or one of --heap, --anon, --all")
+    if rng:
+        # only the mapped parts are read: unmapped space costs nothing
+        return [(a, b) for a, b, _m in clip_range(rng, maps)], {"start": hex(rng[0]), "end": hex(rng[1])}
+    if args.heap:
+        from .heap import heap_ranges
+        ranges, label = heap_ranges(ctx.target, maps), {"heap": True}
+    elif args.anon:
+        ranges = [(m.start, m.end) for m in maps if m.kind in ("heap", "arena", "anon") and "w" in m.perms[:3]]
+        label = {"anon": True}
+    else:
+        ranges = [(m.start, m.end) for m in maps if "w" in m.perms[:3] and m.kind not in ("vvar",)]
+        label = {"all": True}
+    if not ranges:
+        from .errors import MemleakError
+        raise MemleakError("nothing to scan: no mapping of that kind")
+    return ranges, label

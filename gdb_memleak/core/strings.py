@@ -1,0 +1,116 @@
+"""What the bytes are: regex matches, a histogram of one captured group, and the most repeated
+printable strings (ASCII and UTF-16LE) over address ranges -- `grep -o 'channelid=[0-9]*' | sort
+| uniq -c` over a dump, without the dump.
+
+Memory is streamed in chunks read with an overlap of ``max_len`` bytes: a match that starts in a
+chunk is counted there even when it runs into the next one, and a match that starts in the
+overlap is left to the next chunk, so every match counts exactly once (a match longer than
+``max_len`` is cut there).  With ``in_use`` (heap ranges only), the bytes of free chunks are
+zeroed before matching, so stale data in freed memory does not count.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List, Optional, Pattern, Tuple
+
+import numpy as np
+
+from .progress import Progress, iter_chunks
+from .target import Target
+
+CHUNK = 4 << 20
+MAX_LEN = 4096
+
+
+@dataclass
+class StringsResult:
+    scanned_bytes: int = 0
+    matches: int = 0
+    histogram: Counter = field(default_factory=Counter)
+    ascii: Counter = field(default_factory=Counter)
+    utf16: Counter = field(default_factory=Counter)
+    skipped: List[Tuple[int, int, str]] = field(default_factory=list)
+
+    def top(self, n: int) -> List[dict]:
+        """The most repeated strings by bytes wasted: (count - 1) copies of the text."""
+        rows = []
+        for enc, counter, width in (("ascii", self.ascii, 1), ("utf-16le", self.utf16, 2)):
+            for raw, count in counter.items():
+                if count < 2:
+                    continue
+                text = raw.decode(enc, "replace")
+                rows.append({"text": text, "count": count, "bytes": (count - 1) * len(raw),
+                             "encoding": enc})
+        rows.sort(key=lambda r: (-r["bytes"], -r["count"], r["text"]))
+        return rows[:n]
+
+
+def _free_mask(heap, lo: int, hi: int) -> Optional[np.ndarray]:
+    """Bool mask of [lo, hi) covering the bytes of chunks that are not in use (None: none)."""
+    if heap is None:
+        return None
+    k0 = max(int(np.searchsorted(heap.addr, np.uint64(lo), side="right")) - 1, 0)
+    k1 = int(np.searchsorted(heap.addr, np.uint64(hi)))
+    free = np.flatnonzero(heap.free[k0:k1] != 0) + k0
+    if not len(free):
+        return None
+    a = np.clip(heap.addr[free].astype(np.int64) - lo, 0, hi - lo)
+    b = np.clip((heap.addr[free] + heap.size[free]).astype(np.int64) - lo, 0, hi - lo)
+    edge = np.zeros(hi - lo + 1, dtype=np.int32)
+    np.add.at(edge, a, 1)
+    np.add.at(edge, b, -1)
+    return np.cumsum(edge[:-1]) > 0
+
+
+def scan_strings(target: Target, ranges: List[Tuple[int, int]], pattern: Optional[Pattern] = None,
+                 histogram: Optional[Pattern] = None, min_len: int = 8, top: bool = True,
+                 heap=None, progress: Optional[Progress] = None, max_len: int = MAX_LEN) -> StringsResult:
+    res = StringsResult()
+    ascii_re = re.compile(rb"[\x20-\x7e]{%d,%d}" % (min_len, max_len)) if top else None
+    utf16_re = re.compile(rb"(?:[\x20-\x7e]\x00){%d,%d}" % (min_len, max_len // 2)) if top else None
+    for start, end in ranges:
+        # per regex, where the last counted match ended: a match is never counted twice, nor
+        # is its tail matched again at the start of the next chunk
+        resume = {}
+        for addr, data in iter_chunks(target, start, end, CHUNK, progress, res.skipped):
+            n = len(data)
+            # the overlap: up to max_len bytes after this chunk (only matches starting in it count)
+            extra = b""
+            if addr + n < end:
+                extra = target.try_read(addr + n, min(max_len, end - addr - n)) or b""
+            buf = bytes(data) + bytes(extra)
+            mask = _free_mask(heap, addr, addr + len(buf))
+            if mask is not None:
+                arr = np.frombuffer(buf, dtype=np.uint8).copy()
+                arr[mask] = 0
+                buf = arr.tobytes()
+            res.scanned_bytes += n
+
+            def each(rx):
+                pos = max(0, resume.get(rx, 0) - addr)
+                last = None
+                for m in rx.finditer(buf, pos):
+                    if m.start() >= n:
+                        break
+                    last = m
+                    yield m
+                if last is not None:
+                    resume[rx] = addr + last.end()
+            if pattern is not None:
+                for _m in each(pattern):
+                    res.matches += 1
+            if histogram is not None:
+                hist = res.histogram
+                count_here = pattern is None
+                for m in each(histogram):
+                    hist[m.group(1)] += 1
+                    if count_here:
+                        res.matches += 1
+            if ascii_re is not None:
+                for m in each(ascii_re):
+                    res.ascii[m.group()] += 1
+                for m in each(utf16_re):
+                    res.utf16[m.group()] += 1
+    return res
