@@ -1,16 +1,19 @@
 """Offline front door: ``python -m gdb_memleak --core CORE [--exe EXE] [--sysroot DIR] COMMAND …``.
 
 Exit codes: 0 success, 1 analysis error (unreadable/corrupt input), 2 usage error,
-3 missing dependency, 130 interrupted.
+3 missing dependency, 130 interrupted.  Every error a user can cause is one line on stderr
+("error: ..."); a partial result (``--allow-truncated``) is preceded by "warning: ..." lines
+saying what was skipped.  A traceback is shown only for a bug, and only with ``--debug``.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
 from .core.command import ArgParser, Context, HelpShown, by_name, parse_int
-from .core.errors import DependencyError, MemleakError, UsageError
+from .core.errors import DependencyError, Interrupted, MemleakError, UsageError
 from .core.settings import Settings
 from .core.textparse import parse_size
 
@@ -24,7 +27,9 @@ def _top_parser(commands):
                    help="a process running under valgrind --vgdb=yes (for the 'vgdb …' commands)")
     p.add_argument("--exe", metavar="EXE", help="the executable (checked against the core's build-id)")
     p.add_argument("--sysroot", metavar="DIR", help="where the core's shared libraries are found")
-    p.add_argument("--allow-truncated", action="store_true", help="analyse a truncated core, skipping what is missing")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="analyse a truncated or damaged core: use what is intact; a warning says what is missing "
+                        "(segments, threads, registers, mapped files)")
     p.add_argument("--max-dump-size", metavar="SIZE", default="1G", help="dump bound (default 1G)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -32,6 +37,21 @@ def _top_parser(commands):
     p.add_argument("command", metavar="COMMAND", choices=names, help="one of: " + ", ".join(names))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
     return p
+
+
+def _one_line(e) -> str:
+    """A message on one line whatever it quotes (a path or a name may hold a newline)."""
+    return " ".join(str(e).split("\n")).replace("\r", " ")
+
+
+def _quiet_stdout():
+    """After EPIPE (``| head``): point stdout at /dev/null so the exit flush stays silent."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv=None) -> int:
@@ -49,7 +69,7 @@ def main(argv=None) -> int:
             ns.command = "vgdb " + ns.args.pop(0)
             if not ns.vgdb_pid:
                 raise UsageError("vgdb commands need --vgdb-pid PID (a process under valgrind --vgdb=yes)")
-        elif not ns.core:
+        elif not ns.core and getattr(commands.get(ns.command), "needs_target", True):
             raise UsageError("--core CORE is required (inside gdb, use the 'memleak' commands instead)")
         settings = Settings(debug=ns.debug, progress=not ns.no_progress)
         try:
@@ -77,22 +97,34 @@ def main(argv=None) -> int:
     except HelpShown:
         return 0
     except UsageError as e:
-        err("error: %s\n" % e)
+        err("error: %s\n" % _one_line(e))
         return 2
     except DependencyError as e:
-        err("error: %s\n" % e)
+        err("error: %s\n" % _one_line(e))
         return 3
+    except Interrupted:
+        err("interrupted\n")
+        return 130
     except MemleakError as e:
-        err("error: %s\n" % e)
+        err("error: %s\n" % _one_line(e))
         return 1
     except KeyboardInterrupt:
         err("interrupted\n")
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
     except ImportError as e:
         err("error: missing dependency: %s (run 'make install')\n" % e)
         return 3
+    except OSError as e:   # an output file or folder the user named: not writable, no space, ...
+        if debug:
+            traceback.print_exc()
+        err("error: %s%s\n" % (e.strerror or e, ": %s" % e.filename if e.filename else ""))
+        return 1
+    except MemoryError:
+        err("error: out of memory (the core or the analysis is larger than this machine's memory)\n")
+        return 1
     except Exception as e:  # a bug in gdb_memleak: keep the traceback behind --debug
         if debug:
             traceback.print_exc()
