@@ -137,11 +137,15 @@ def _regions(ma, mb, findings):
             continue
         m = y or x
         rows.append({"start": hex(key[0]), "kind": key[1], "path": m.get("path"), "note": m.get("note"),
-                     "change": change, "size_delta": sy - sx, "rss_delta": rss_delta, "size": sy})
-    rows.sort(key=lambda r: (-max(r["size_delta"], r["rss_delta"] or 0), r["start"]))
+                     "perms": m.get("perms"), "change": change, "size_delta": sy - sx, "rss_delta": rss_delta,
+                     "size": sy})
+    # memory that can hold data first: a PROT_NONE reserve that moves is no growth
+    rows.sort(key=lambda r: ("w" not in (r["perms"] or "")[:3], -max(r["size_delta"], r["rss_delta"] or 0), r["start"]))
     kinds: Dict[str, dict] = {}
     for side, maps in (("before", ma), ("after", mb)):
         for m in maps:
+            if "w" not in (m.get("perms") or "")[:3]:
+                continue
             k = kinds.setdefault(m["kind"], {"kind": m["kind"], "before": 0, "after": 0, "rss_before": None,
                                              "rss_after": None})
             k[side] += m["size"]
@@ -154,7 +158,7 @@ def _regions(ma, mb, findings):
         if k["delta"] or k["rss_delta"]:
             klist.append(k)
     klist.sort(key=lambda k: -max(k["delta"], k["rss_delta"] or 0))
-    grown = [r for r in rows if max(r["size_delta"], r["rss_delta"] or 0) > 0]
+    grown = [r for r in rows if max(r["size_delta"], r["rss_delta"] or 0) > 0 and "w" in (r["perms"] or "")[:3]]
     if grown:
         r = grown[0]
         what = {"arena": "arena heap", "heap": "main heap"}.get(r["kind"], r["kind"])

@@ -1,0 +1,102 @@
+"""memleak snapshot / diff on a program that grows between two moments: one region, one class in
+a thread arena several heaps long, one payload; exact deltas; a snapshot of another program is
+refused."""
+import os
+import signal
+import stat
+
+import pytest
+
+from conftest import Running, build, load_json, run_cli, run_gdb
+
+STR = "channelid=([0-9]+);"
+
+
+def _ready(run):
+    truth = None
+    while True:
+        line = run.proc.stdout.readline()
+        assert line, "fixture exited"
+        if line.startswith("{"):
+            import json
+            truth = json.loads(line)
+        if line.startswith("READY"):
+            return truth
+
+
+@pytest.fixture(scope="module")
+def grown(workdir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("growth")
+    exe = build(workdir, "growth.cpp", "growth")
+    run = Running([exe])
+    t1 = run.truth
+    try:
+        c1 = run.gcore(str(d / "c1"))
+        s1 = str(d / "s1.json")
+        r = run_gdb("memleak snapshot %s --strings '%s'" % (s1, STR), pid=run.pid)       # live, in gdb
+        assert r.returncode == 0, r.stderr
+        os.kill(run.pid, signal.SIGUSR1)
+        t2 = _ready(run)
+        c2 = run.gcore(str(d / "c2"))
+    finally:
+        run.kill()
+    s2 = str(d / "s2.json")
+    r = run_cli("--core", c2, "--exe", exe, "snapshot", s2, "--strings", STR)   # offline
+    assert r.returncode == 0, r.stderr
+    s1c = str(d / "s1c.json")
+    r = run_gdb("memleak snapshot %s --strings '%s'" % (s1c, STR), exe=exe, core=c1)  # gdb on a core
+    assert r.returncode == 0, r.stderr
+    return exe, d, (s1, s1c, s2), (t1, t2), (c1, c2)
+
+
+def _check(doc, truth):
+    t1, t2 = truth
+    reg = [r for r in doc["regions"] if r["start"] == t1["region"]]
+    assert reg and reg[0]["change"] == "grown" and reg[0]["size_delta"] == t2["region_size"] - t1["region_size"], reg
+    cls = {c["name"]: c for c in doc["classes"]}
+    c = cls["net::Connection"]
+    assert (c["before"], c["after"], c["delta"]) == (t1["connections"], t2["connections"], t2["added"])
+    assert c["bytes_delta"] == t2["added"] * 72    # usable size: 80-byte chunks minus SIZE_SZ, as census shows
+    assert doc["strings"][STR]["histogram"]["4099"] == t2["added"]
+    sizes = {s["size"]: s["delta"] for s in doc["sizes"]}
+    assert sizes[80] >= t2["added"] and sizes[48] >= t2["added"]   # objects, and their 40-byte payloads
+    assert doc["findings"] and "net::Connection +%d instances" % t2["added"] in " ".join(doc["findings"])
+
+
+def test_snapshots_are_0600_and_versioned(grown):
+    _exe, _d, snaps, _t, _c = grown
+    for s in snaps:
+        assert stat.S_IMODE(os.stat(s).st_mode) == 0o600
+        doc = load_json(s)
+        assert doc["schema"] == "gdb_memleak.snapshot/1" and doc["target"]["build_id"]
+        assert max(len(a["heaps"]) for a in doc["heap"]["arenas"]) >= 2
+
+
+@pytest.mark.parametrize("first", [0, 1], ids=["live-then-offline", "core-then-offline"])
+def test_diff_exact_deltas(grown, first, tmp_path):
+    exe, d, snaps, truth, _c = grown
+    out = str(tmp_path / "d.json")
+    r = run_cli("diff", snaps[first], snaps[2], "--json", out)      # offline, no core needed
+    assert r.returncode == 0, r.stderr
+    _check(load_json(out), truth)
+    assert "net::Connection" in r.stdout
+    out2 = str(tmp_path / "g.json")
+    r = run_gdb("memleak diff %s %s --json %s" % (snaps[first], snaps[2], out2))
+    assert r.returncode == 0, r.stderr
+    _check(load_json(out2), truth)
+
+
+def test_diff_refuses_another_program(grown, workdir, tmp_path):
+    exe, d, snaps, _t, _c = grown
+    other = build(workdir, "maps_fixture.c", "maps_fixture64")
+    run = Running([other])
+    try:
+        core = run.gcore(str(tmp_path / "o"))
+    finally:
+        run.kill()
+    s = str(tmp_path / "other.json")
+    assert run_cli("--core", core, "--exe", other, "snapshot", s).returncode == 0
+    r = run_cli("diff", snaps[0], s)
+    assert r.returncode == 1 and "different programs" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("diff", snaps[0], exe)
+    assert r.returncode == 1 and "not JSON" in r.stderr
