@@ -76,8 +76,8 @@ class Command:
     description = ""
     needs_target = True       # False: runs on files alone (offline without --core)
 
-    def build_parser(self, prog: str, out=None) -> ArgParser:
-        p = ArgParser(prog=prog, description=self.description or self.summary, out=out)
+    def build_parser(self, prog: str, out=None, add_help: bool = True) -> ArgParser:
+        p = ArgParser(prog=prog, description=self.description or self.summary, out=out, add_help=add_help)
         self.add_arguments(p)
         return p
 
@@ -88,14 +88,24 @@ class Command:
         raise NotImplementedError
 
     def help_text(self, prog: str) -> str:
-        """gdb's help: a summary line, then Usage: with UPPERCASE metavariables."""
-        p = self.build_parser(prog)
+        """gdb's help: the summary line, then Usage: with UPPERCASE metavariables, what the
+        description adds to the summary, then each option once (no -h: 'help' is gdb's)."""
+        p = self.build_parser(prog, add_help=False)
+        p.description = None
         raw_usage = p.format_usage()
-        body = p.format_help()[len(raw_usage):]
+        body = p.format_help()[len(raw_usage):].strip("\n")
         usage = raw_usage.strip()
         if usage.lower().startswith("usage:"):
             usage = "Usage:" + usage[6:]
-        return "%s\n%s\n%s" % (self.summary, usage, body.rstrip())
+        parts = [self.summary, usage]
+        extra = (self.description or "")[len(self.summary):].strip() if (self.description or "").startswith(
+            self.summary) else (self.description or "").strip()
+        if extra:
+            import textwrap
+            parts.append("\n" + textwrap.fill(extra, 79))
+        if body:
+            parts.append("\n" + body)
+        return "\n".join(parts)
 
 
 def registry() -> List[Command]:
