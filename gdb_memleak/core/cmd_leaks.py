@@ -12,12 +12,10 @@ from .leaks import find_leaks
 from .maps import classify
 from .render import table, write_json, write_text
 from .textparse import human_size
+from .vocabulary import NO_CLASS, ORPHAN_REASONS
 from .vtables import build_index
 
-NO_CLASS = "(no vptr)"
-STALE_TEXT = {"exited-unjoined": "stack of a thread that exited and was never joined (stale)",
-              "cached": "stack cached by glibc after join/detach (stale)",
-              "unowned": "stack-shaped mapping no live thread owns"}
+STALE_TEXT = {k: "orphan stack (%s)" % v for k, v in ORPHAN_REASONS.items()}
 DUMP_BYTES = 32
 
 
@@ -34,8 +32,9 @@ class LeaksCommand(Command):
                    "Sizes are glibc chunk sizes (the request plus malloc's header, rounded up).")
 
     def add_arguments(self, p):
-        p.add_argument("--stale-stacks-as-roots", action="store_true",
-                       help="also scan stacks no live thread owns (exited-unjoined, glibc's cache)")
+        p.add_argument("--orphan-stacks-as-roots", "--stale-stacks-as-roots", dest="stale_stacks_as_roots",
+                       action="store_true",
+                       help="also scan orphan stacks (threads that exited without join, glibc's stack cache)")
         p.add_argument("--show", type=int, default=5, metavar="N",
                        help="show N leaked chunks with their first bytes (default 5)")
         p.add_argument("--top", type=int, default=20, metavar="N", help="rows per table (default 20)")
@@ -114,7 +113,7 @@ class LeaksCommand(Command):
             w("\n" + table([[e["size"], e["chunks"], human_size(e["bytes"])] for e in by_size[:args.top]],
                            ["chunk size", "leaked", "bytes"]) + "\n")
         if examples:
-            w("\n" + table([[e["address"], e["size"], e["kind"], e["class"] or "-",
+            w("\n" + table([[e["address"], e["size"], e["kind"], e["class"] or NO_CLASS,
                              hex_ascii(bytes.fromhex(e["bytes"])[:16]) if e["bytes"] is not None else "(unreadable)"]
                             for e in examples], ["address", "size", "leak", "class", "first bytes"]) + "\n")
         for a, b, why in res.excluded:

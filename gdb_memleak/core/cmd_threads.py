@@ -6,10 +6,10 @@ from .maps import classify
 from .modules import format_symbol, symbolize
 from .render import hexaddr, table, write_json
 from .textparse import human_size
+from .vocabulary import ORPHAN_REASONS, plural
 from .threads import analyze_threads
 
-REASON_TEXT = {"exited-unjoined": "exited, never joined", "cached": "cached by glibc after join/detach",
-               "unowned": "no owning thread"}
+REASON_TEXT = ORPHAN_REASONS
 
 
 def frame0_function(target, t):
@@ -23,7 +23,7 @@ def frame0_function(target, t):
 
 class ThreadsCommand(Command):
     name = "threads"
-    summary = "Every thread's stack (mapping, size, use, guard) and the stacks no live thread owns."
+    summary = "Every thread's stack (mapping, size, use, guard) and the orphan stacks no live thread owns."
 
     def add_arguments(self, p):
         p.add_argument("--check", action="store_true", help="also print the findings in words")
@@ -59,12 +59,12 @@ class ThreadsCommand(Command):
                 orow.append([hexaddr(o.mapping.start), hexaddr(o.mapping.end), human_size(o.mapping.size),
                              REASON_TEXT[o.reason], hexaddr(p.address) if p else "-",
                              p.tid if p and p.tid is not None else "-"])
-            w("\nstacks no live thread owns:\n")
+            w("\norphan stacks (no live thread owns them):\n")
             w(table(orow, ["start", "end", "size", "why", "struct pthread", "tid"]) + "\n")
         tot = rep.totals()
-        w("\n%d threads, %s of thread stacks in %d mappings; %d orphan stacks, %s; RLIMIT_STACK %s (%s)\n" % (
-            tot["threads"], human_size(tot["stack_bytes"]), tot["stacks"], tot["orphan_stacks"],
-            human_size(tot["orphan_bytes"]),
+        w("\n%s, %s of thread stacks in %s; %s, %s; RLIMIT_STACK %s (%s)\n" % (
+            plural(tot["threads"], "thread"), human_size(tot["stack_bytes"]), plural(tot["stacks"], "mapping"),
+            plural(tot["orphan_stacks"], "orphan stack"), human_size(tot["orphan_bytes"]),
             human_size(rep.rlimit_stack) if rep.rlimit_stack else "unlimited/unknown", rep.rlimit_source))
         if tot["by_size"]:
             w("stack sizes: %s\n" % ", ".join("%d x %s" % (b["stacks"], human_size(b["size"])) for b in tot["by_size"]))

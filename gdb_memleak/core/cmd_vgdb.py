@@ -12,6 +12,7 @@ from .command import Command, add_json_argument
 from .errors import MemoryReadError, TargetError, UsageError
 from .render import table, write_json
 from .textparse import human_size
+from .vocabulary import NO_CLASS
 from .vgdb import parse_block_list, parse_leak_check, parse_who_points_at, timeline
 
 KIND_NAMES = ("definite", "indirect", "possible", "reachable")
@@ -94,8 +95,12 @@ class VgdbLeakCheck(Command):
               x for k in ("definitely_lost", "indirectly_lost", "possibly_lost", "still_reachable", "suppressed")
               for x in (human_size(s[k]["bytes"]), s[k]["blocks"])))
         if res["limited"]:
-            w("(limited: %d of %d loss records shown; valgrind's summary then covers only those)\n" % (
-                len(recs), res["total_records"]))
+            if args.limit:
+                w("%d of %d loss records shown (--limit %d); valgrind's summary covers only those\n" % (
+                    len(recs), res["total_records"], args.limit))
+            else:
+                w("%d of %d loss records shown (the others are of kinds not asked for: --kinds)\n" % (
+                    len(recs), res["total_records"]))
         if args.json:
             write_json(args.json, {"command": "monitor " + command, "summary": s,
                                    "records": [_record_json(r) for r in recs], "total_records": res["total_records"],
@@ -155,19 +160,20 @@ class VgdbBlocks(Command):
                 names = class_of_blocks(ctx.target, [int(x["address"], 16) for x in blocks])
                 for x, n in zip(blocks, names):
                     x["class"] = n
-            w("loss record %d: %s bytes in %s blocks, %s — %s\n" % (
-                r["record"], "{:,}".format(r["bytes"]), "{:,}".format(r["blocks"]), r["kind"], _frames_text(r["stack"])))
+            w("loss record %d: %s in %d block%s, %s — %s\n" % (
+                r["record"], human_size(r["bytes"]), r["blocks"], "" if r["blocks"] == 1 else "s", r["kind"],
+                _frames_text(r["stack"])))
             if args.types:
                 groups = {}
                 for x in blocks:
-                    g = groups.setdefault(x.get("class") or "(no vptr)", [0, 0])
+                    g = groups.setdefault(x.get("class") or NO_CLASS, [0, 0])
                     g[0] += 1
                     g[1] += x["size"]
-                w(table([[n, c, s] for n, (c, s) in sorted(groups.items(), key=lambda kv: -kv[1][0])],
+                w(table([[n, c, human_size(s)] for n, (c, s) in sorted(groups.items(), key=lambda kv: -kv[1][0])],
                         ["class", "blocks", "bytes"]) + "\n")
-            w(table([[x["address"], x["size"], x.get("class") or "",
-                      "indirect (record %d)" % x["indirect_of_record"] if x["indirect_of_record"] else ""]
-                     for x in blocks], ["address", "size", "class", ""]) + "\n")
+            w(table([[x["address"], human_size(x["size"]), x.get("class") or NO_CLASS,
+                      "indirect (record %d)" % x["indirect_of_record"] if x["indirect_of_record"] else "direct"]
+                     for x in blocks], ["address", "size", "class", "lost"]) + "\n")
             rj = _record_json(r)
             rj["blocks_list"] = blocks
             out_records.append(rj)

@@ -20,8 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import MemoryReadError
-from .glibc import (IS_MMAPPED, PREV_INUSE, TCACHE_BINS, Arena, Finding, Findings, GlibcModel, Layout,
-                    discover)
+from .glibc import IS_MMAPPED, PREV_INUSE, TCACHE_BINS, Arena, Finding, Findings, GlibcModel, Layout
 from .maps import Mapping, classify, glibc_model, main_heap_first_chunk, mapping_at
 from .target import Target
 
@@ -298,7 +297,6 @@ class HeapWalker:
         self._add(seg, w)
 
     def walk_thread_heaps(self, ar: Arena):
-        lay = self.lay
         for h in ar.heaps:
             cur = h.address <= ar.top < h.end
             end = ar.top if cur else h.end
@@ -435,7 +433,6 @@ class HeapWalker:
 
     # -- checks ----------------------------------------------------------------
     def check_totals(self, heap: Heap):
-        lay = self.lay
         for ar in self.model.arenas:
             if ar.main:
                 segs = [s for s in self.segments if s.kind == "main"]
@@ -478,7 +475,6 @@ class HeapWalker:
             parts = [c[k] for c in chunks]
             return np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dtype=dt)
         addrs, sizes, inuse, mm = cat(1, np.uint64), cat(2, np.uint64), cat(3, np.uint8), cat(4, bool)
-        del chunks
         free = np.where(inuse != 0, 0, FREE_BITS).astype(np.int8)
         del inuse
         heap = Heap(self.segments, addrs, sizes, free, self.lay.ps, self.findings, model, mm)

@@ -132,13 +132,13 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
                 roots.append(RootRange(sp, m.end, "stack of " + ", ".join("LWP %d" % t.lwp for t in owners)))
                 continue
             reason, keep_from = (stale_reason(m) if stale_reason else None) or (None, None)
-            reason = reason or "thread stack that no live thread owns (exited without join, or glibc's stack cache)"
+            reason = reason or "orphan stack (no live thread owns it: exited without join, or glibc's stack cache)"
             if stale_stacks_as_roots:
-                roots.append(RootRange(m.start, m.end, "stale stack (" + reason + ")"))
+                roots.append(RootRange(m.start, m.end, reason))
             elif keep_from is not None and m.start < keep_from < m.end:
                 # glibc's own struct pthread at the top stays live (its DTV, its list links)
                 excluded.append((m.start, keep_from, reason))
-                roots.append(RootRange(keep_from, m.end, "struct pthread of a stale stack"))
+                roots.append(RootRange(keep_from, m.end, "struct pthread of an orphan stack"))
             else:
                 excluded.append((m.start, m.end, reason))
             continue

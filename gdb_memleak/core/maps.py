@@ -195,7 +195,6 @@ def _classify(target: Target) -> List[Mapping]:
     out = [Mapping(r.start, r.end, r.perms, _name_kind(r) or "anon", r.path or None, rss=r.rss,
                    private_dirty=r.private_dirty, offset=r.offset,
                    readable_end=r.data_end) for r in regions]
-    by_start = {m.start: m for m in out}
     by_end = {m.end: m for m in out}
 
     def containing(addr):
@@ -235,7 +234,6 @@ def _classify(target: Target) -> List[Mapping]:
     target._glibc = model
     target._thread_pointers = tps
     out = _split_heaps(out, model)
-    by_start = {m.start: m for m in out}
     by_end = {m.end: m for m in out}
 
     def containing(addr):       # noqa: F811 (the list changed)
@@ -265,7 +263,7 @@ def _classify(target: Target) -> List[Mapping]:
             below.kind = "guard"
         elif m.kind == "anon" and _writable(m) and guard_like and m.size >= 16384 and m.owner_lwp is None \
                 and not m.note:
-            m.kind, m.note = "thread-stack", "no thread"
+            m.kind, m.note = "thread-stack", "orphan stack"
             below.kind = "guard"
     return out
 

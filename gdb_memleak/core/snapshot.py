@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 

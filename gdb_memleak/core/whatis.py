@@ -8,6 +8,7 @@ from typing import List, Optional
 import numpy as np
 
 from .errors import MemoryReadError
+from .vocabulary import article
 from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, FREE_UNKNOWN, STATE_TEXT, walk_heap
 from .maps import Mapping, classify, mapping_at
 from .modules import format_symbol, module_at, symbolize
@@ -156,9 +157,8 @@ def _stack(target, maps, m, addr, out, lines):
     if orphan:
         o = orphan[0]
         out["orphan"] = o.reason
-        lines.append("a stack no live thread owns: %s" % {
-            "exited-unjoined": "its thread exited and was never joined",
-            "cached": "cached by glibc after join/detach", "unowned": "no owning thread"}[o.reason])
+        from .vocabulary import ORPHAN, ORPHAN_REASONS
+        lines.append("an %s: %s" % (ORPHAN, ORPHAN_REASONS[o.reason]))
 
 
 def _heap(target, maps, m, addr, out, lines):
@@ -203,4 +203,4 @@ def _heap(target, maps, m, addr, out, lines):
     if addr >= c + size:
         where += " (its last usable word, the next chunk's prev_size field)"
     lines.append("%s malloc chunk 0x%x (user 0x%x, chunk size %d, %s)%s" % (
-        where, c, user, size, state, ", a %s object" % cls if cls else ""))
+        where, c, user, size, state, ", %s %s object" % (article(cls), cls) if cls else ""))
