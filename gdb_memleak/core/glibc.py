@@ -81,19 +81,27 @@ class Findings(list):
         return f
 
 
-class Layout:
-    """glibc's malloc structure offsets and constants for a pointer size (glibc >= 2.27)."""
+def malloc_alignment(arch: str, ps: int) -> int:
+    """glibc's MALLOC_ALIGNMENT: max(2 * SIZE_SZ, alignof(long double)); i386 raised it to 16 in
+    2.26; 32-bit ARM's long double is a double (8)."""
+    return 8 if (arch == "arm" and ps == 4) else 16
 
-    def __init__(self, ps: int, byteorder: str = "little"):
+
+class Layout:
+    """glibc's malloc structure offsets and constants for a pointer size and architecture
+    (glibc >= 2.27)."""
+
+    def __init__(self, ps: int, byteorder: str = "little", arch: str = ""):
         self.ps = ps
         self.e = "<" if byteorder == "little" else ">"
         self.wfmt = "Q" if ps == 8 else "I"
         self.dt = np.dtype(self.e + ("u8" if ps == 8 else "u4"))
-        self.align = 16                          # MALLOC_ALIGNMENT on x86-64 and i386 (2.26+)
+        self.align = malloc_alignment(arch, ps)
         self.hdr = 2 * ps                        # CHUNK_HDR_SZ
-        self.minsize = 4 * ps if ps == 8 else 16
+        self.minsize = (4 * ps + self.align - 1) & ~(self.align - 1)      # MINSIZE
         self.heap_max = (64 << 20) if ps == 8 else (1 << 20)
-        self.nfast = 10 if ps == 8 else 11
+        # NFASTBINS = fastbin_index(request2size(MAX_FAST_SIZE)) + 1, MAX_FAST_SIZE = 80 * SIZE_SZ / 4
+        self.nfast = ((self.request2size(80 * ps // 4)) >> (4 if ps == 8 else 3)) - 2 + 1
         self.fb_off = 16 if ps == 8 else 12      # after mutex, flags, have_fastchunks
         self.top_off = self.fb_off + self.nfast * ps
         self.bins_off = self.top_off + 2 * ps
@@ -517,7 +525,7 @@ def discover(target: Target, maps, thread_pointers: Dict[int, int], main_heap=No
     """Arenas, heaps, mp_ and tcaches of the target's glibc malloc.  ``maps`` are the mappings
     as far as classified so far (names, auxv); ``thread_pointers`` maps LWP to thread pointer;
     ``main_heap(model)`` returns the main heap's mapping (called once the arenas are known)."""
-    lay = Layout(target.pointer_size, target.byteorder)
+    lay = Layout(target.pointer_size, target.byteorder, target.arch)
     model = GlibcModel(lay)
     writable = _writable_ranges(target, maps)
     main = find_main_arena(target, lay, writable)

@@ -20,7 +20,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import MemoryReadError
-from .glibc import IS_MMAPPED, PREV_INUSE, TCACHE_BINS, Arena, Finding, Findings, GlibcModel, Layout
+from .glibc import (IS_MMAPPED, PREV_INUSE, TCACHE_BINS, Arena, Finding, Findings, GlibcModel, Layout,
+                    malloc_alignment)
 from .maps import Mapping, classify, glibc_model, main_heap_first_chunk, mapping_at
 from .target import Target
 
@@ -540,7 +541,7 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
             found = []
             # prev_size 0 at the page start; or, where MALLOC_ALIGNMENT exceeds the header (i386),
             # glibc's correction: the chunk at page + 8 with prev_size 8
-            for corr in ((0, 8) if ps == 4 else (0,)):
+            for corr in ((0, 8) if malloc_alignment(target.arch, ps) > 2 * ps else (0,)):
                 k = corr // ps
                 prev, sf = w[heads + k], w[heads + k + 1]
                 cs = (sf & dt.type(~7 & ((1 << (8 * ps)) - 1))).astype(np.uint64)

@@ -120,7 +120,8 @@ def main_heap_first_chunk(target: Target, start: int, end: int) -> Optional[int]
     where the chunk's user pointer is MALLOC_ALIGNMENT-aligned, and accepted when it has
     PREV_INUSE and _CHAIN chunks (or all chunks up to the end) follow it with sane sizes."""
     ps = target.pointer_size
-    align = 2 * ps if ps == 8 else 16
+    from .glibc import malloc_alignment
+    align = malloc_alignment(target.arch, ps)
     try:
         head = bytes(target.read(start, min(MAIN_HEAP_PREFIX, end - start)))
     except MemoryReadError:
@@ -137,7 +138,7 @@ def main_heap_first_chunk(target: Target, start: int, end: int) -> Optional[int]
         return 4 * ps <= csize <= end - at and csize % (2 * ps) == 0
 
     first = start + ((-(start + 2 * ps)) % align)      # user pointer (chunk + 2*SIZE_SZ) aligned
-    cands = [start] + ([start + 8] if ps == 4 else []) + list(range(first, start + len(head) - 2 * ps, align))
+    cands = [start] + ([start + 8] if align > 2 * ps else []) + list(range(first, start + len(head) - 2 * ps, align))
     for c in dict.fromkeys(cands):
         size = word(c + ps)
         if not size & 1 or not sane(size & ~7, c):
