@@ -1,12 +1,38 @@
-"""Pure parsers of /proc and gdb text.  No I/O here: callers feed the text."""
+"""Pure parsers of /proc and gdb text.  No I/O here: callers feed the text.
+
+Whatever the text, they return what it holds or raise a MemleakError subclass (``parse_size``:
+SizeError, also a ValueError); a line that cannot describe a mapping (start not below end, an
+address past 64 bits, a negative or non-numeric count) is skipped, never turned into a result.
+"""
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Dict, List, Optional
 
+from .errors import UsageError
 from .target import Region
 
-_MAPS_RE = re.compile(r"^([0-9a-fA-F]+)-([0-9a-fA-F]+)\s+([rwxps-]{4})\s+([0-9a-fA-F]+)\s+\S+\s+\d+\s*(.*)$")
+ADDR_TOP = 1 << 64
+
+
+class SizeError(UsageError, ValueError):
+    """Not a size: a usage error for the user, a ValueError for callers that catch that."""
+
+
+def _mapping_ok(start: int, end: int, off: int) -> bool:
+    return 0 <= start < end <= ADDR_TOP and 0 <= off < ADDR_TOP
+
+
+def _kib(line: str) -> Optional[int]:
+    """'Rss:   1234 kB' -> bytes; None when the line holds no count."""
+    parts = line.split()
+    if len(parts) < 2 or not parts[1].isdigit() or not parts[1].isascii():
+        return None
+    return int(parts[1]) * 1024
+
+_MAPS_RE = re.compile(r"^([0-9a-fA-F]{1,16})-([0-9a-fA-F]{1,16})\s+([rwxps-]{4})\s+([0-9a-fA-F]{1,16})\s+\S+\s+[0-9]+"
+                      r"(?:\s+(.*))?$")
 
 
 def parse_smaps(text: str) -> List[Region]:
@@ -17,15 +43,19 @@ def parse_smaps(text: str) -> List[Region]:
         m = _MAPS_RE.match(line)
         if m:
             start, end, perms, off, path = m.groups()
-            cur = Region(int(start, 16), int(end, 16), perms, int(off, 16), path.strip() or None)
+            start, end, off = int(start, 16), int(end, 16), int(off, 16)
+            if not _mapping_ok(start, end, off):
+                cur = None      # an impossible mapping: neither it nor its counters are used
+                continue
+            cur = Region(start, end, perms, off, (path or "").strip() or None)
             out.append(cur)
             continue
         if cur is None:
             continue
         if line.startswith("Rss:"):
-            cur.rss = int(line.split()[1]) * 1024
+            cur.rss = _kib(line)
         elif line.startswith("Private_Dirty:"):
-            cur.private_dirty = int(line.split()[1]) * 1024
+            cur.private_dirty = _kib(line)
     return out
 
 
@@ -42,6 +72,8 @@ def parse_info_proc_mappings(text: str) -> List[Region]:
             off = int(parts[3], 16)
         except ValueError:
             continue
+        if not _mapping_ok(start, end, off):
+            continue
         rest = parts[4:]
         perms = "rw-p"
         if has_perms and rest and re.fullmatch(r"[rwxps-]{4}", rest[0]):
@@ -57,17 +89,21 @@ def parse_info_auxv(text: str) -> Dict[int, int]:
     """gdb's ``info auxv``: '33   AT_SYSINFO_EHDR      System-supplied DSO's ELF header 0x7ffff7fc1000'."""
     out: Dict[int, int] = {}
     for line in text.splitlines():
-        m = re.match(r"^\s*(\d+)\s+\S+\s+(.*)$", line)
+        m = re.match(r"^\s*([0-9]{1,20})\s+\S+\s+(.*)$", line)
         if not m:
             continue
         key = int(m.group(1))
         rest = m.group(2)
-        rest = re.sub(r'\s+".*"\s*$', "", rest)   # AT_EXECFN/AT_PLATFORM carry the string too
+        q = rest.find(' "')
+        if q >= 0 and rest.rstrip().endswith('"'):
+            rest = rest[:q]                      # AT_EXECFN/AT_PLATFORM carry the string too
         tok = rest.split()[-1] if rest.split() else ""
         try:
-            out[key] = int(tok, 0)
+            val = int(tok, 0)
         except ValueError:
             continue
+        if 0 <= val < ADDR_TOP and key < ADDR_TOP:
+            out[key] = val
     return out
 
 
@@ -78,14 +114,18 @@ def parse_core_path_from_info_target(text: str) -> Optional[str]:
 
 
 def parse_size(text: str) -> int:
-    """'4096', '0x1000', '64K', '1.5M', '1G', '2GiB' -> bytes."""
+    """'4096', '0x1000', '64K', '1.5M', '1G', '2GiB' -> bytes; SizeError otherwise."""
     s = str(text).strip()
-    m = re.fullmatch(r"(?i)(0x[0-9a-f]+|\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", s)
-    if not m:
-        raise ValueError("not a size: %r (use e.g. 4096, 64K, 1M, 2G)" % text)
+    m = re.fullmatch(r"(?i)(0x[0-9a-f]{1,16}|[0-9]{1,20}(?:\.[0-9]{1,20})?)\s*([kmgt]?)(?:i?b)?", s)
+    if not m or not s.isascii():
+        raise SizeError("not a size: %r (use e.g. 4096, 64K, 1M, 2G)" % text)
     num, unit = m.groups()
-    val = int(num, 16) if num.lower().startswith("0x") else float(num)
-    return int(val * (1024 ** "kmgt".find(unit.lower()) * 1024 if unit else 1))
+    val = Fraction(int(num, 16)) if num.lower().startswith("0x") else Fraction(num)
+    mult = 1024 ** ("kmgt".find(unit.lower()) + 1) if unit else 1
+    n = int(val * mult)
+    if n >= ADDR_TOP:
+        raise SizeError("size %r is larger than any address space (2^64 bytes)" % text)
+    return n
 
 
 def human_size(n: Optional[int]) -> str:

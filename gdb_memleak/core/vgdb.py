@@ -15,13 +15,13 @@ SUMMARY_KEYS = {"definitely lost": "definitely_lost", "indirectly lost": "indire
                 "possibly lost": "possibly_lost", "still reachable": "still_reachable", "suppressed": "suppressed"}
 
 _PREFIX = re.compile(r"^==\d+==\s?")
-_N = r"[\d,]+"
+_N = r"[0-9][0-9,]*"      # a count: digits with thousands separators (never just commas)
 _D = r"(?: \(([+-]%s)\))?" % _N
 _RECORD = re.compile(
     r"^(%s)%s(?: \((%s)%s direct, (%s)%s indirect\))? bytes in (%s)%s blocks are "
     r"(definitely lost|indirectly lost|possibly lost|still reachable) in (?:new )?loss record (%s) of (%s)"
     % (_N, _D, _N, _D, _N, _D, _N, _D, _N, _N))
-_FRAME = re.compile(r"^\s*(at|by) (0x[0-9A-Fa-f]+): (.*)$")
+_FRAME = re.compile(r"^\s*(at|by) (0x[0-9A-Fa-f]{1,16}): (.*)$")
 _SUMMARY = re.compile(r"^\s*(definitely lost|indirectly lost|possibly lost|still reachable|suppressed): "
                       r"(%s)%s bytes in (%s)%s blocks" % (_N, _D, _N, _D))
 _BLOCK = re.compile(r"^(\s*)(0x[0-9A-Fa-f]+)\[(%s)\](?: indirect loss record (%s))?" % (_N, _N))
@@ -31,11 +31,20 @@ _SEARCH = re.compile(r"^Searching for pointers (?:pointing in (%s) bytes from|to
 
 
 def _num(s: Optional[str]) -> Optional[int]:
-    return int(s.replace(",", "")) if s is not None else None
+    return int(s.replace(",", "")) if s is not None else None   # _N guarantees a digit
+
+
+def _lines_ok(text) -> str:
+    """The text to parse: bytes are decoded (invalid UTF-8 replaced), None is empty."""
+    if text is None:
+        return ""
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text).decode("utf-8", "replace")
+    return str(text)
 
 
 def _lines(text: str) -> List[str]:
-    return [_PREFIX.sub("", ln.rstrip("\r")) for ln in text.splitlines()]
+    return [_PREFIX.sub("", ln.rstrip("\r")) for ln in _lines_ok(text).splitlines()]
 
 
 def parse_frame(line: str) -> Optional[dict]:
@@ -96,7 +105,7 @@ def parse_leak_check(text: str) -> dict:
         summary.setdefault(k, {"bytes": 0, "bytes_delta": None, "blocks": 0, "blocks_delta": None})
     return {"summary": summary, "records": records, "total_records": total,
             "limited": bool(total is not None and len(records) < total), "errors": errors,
-            "no_leaks": "no leaks are possible" in text}
+            "no_leaks": "no leaks are possible" in _lines_ok(text)}
 
 
 def parse_block_list(text: str) -> dict:
