@@ -289,6 +289,10 @@ def _build_corpus(d, lay64, lay32, exe64, exe32):
     os.mkfifo(p)
     err("fifo", p, r"is a FIFO \(named pipe\), not a regular file")
     err("dev_null", "/dev/null", r"is a character device, not a regular file")
+    if os.geteuid() != 0:      # root reads a mode-000 file: only meaningful for other users
+        p = mk("mode000", lay32, limit=4096)
+        os.chmod(p, 0)
+        err("mode000", p, r"cannot open core file .*: Permission denied")
     err("through_a_file", os.path.join(base64, "x"), r"cannot open core file .*: a component of the path is not "
         r"a directory")
     p = os.path.join(d, "loop")

@@ -117,6 +117,21 @@ def small32(small):
     return Small({"dir": d, "core": core, "data": data, "layout": Layout(core)})
 
 
+@pytest.fixture(scope="module")
+def kernel_small(small):
+    """The kernel's own core of a sleep (notes before the segments, page-sized NT_FILE offsets,
+    file-backed text left out with p_filesz 0); None when cores go to a pipe or elsewhere."""
+    d = os.path.join(small["dir"], "kcore")
+    os.makedirs(d, exist_ok=True)
+    run = Running(["sh", "-c", "echo READY; exec sleep 300"], cwd=d, core_limit=True)
+    core = run.kernel_core(d)
+    if core is None:
+        return None
+    with open(core, "rb") as fh:
+        data = fh.read()
+    return Small({"dir": d, "core": core, "data": data, "layout": Layout(core)})
+
+
 class Small(dict):
     """The small core and texts; a short repr keeps hypothesis' reports readable."""
 
@@ -224,8 +239,8 @@ def _exercise(path, allow):
 
 @settings(max_examples=200 * SCALE, **SETTINGS)
 @given(data=st.data())
-def test_fuzz_core_file(small, small32, data):
-    core = small if small32 is None else data.draw(st.sampled_from([small, small, small32]))
+def test_fuzz_core_file(small, small32, kernel_small, data):
+    core = data.draw(st.sampled_from([c for c in (small, small, small32, kernel_small) if c is not None]))
     lay = core["layout"]
     muts, cut, allow = data.draw(core_mutations(lay, core["data"]))
     path = os.path.join(core["dir"], "mutant.core")
@@ -236,10 +251,16 @@ def test_fuzz_core_file(small, small32, data):
     hypothesis.event("refused" if said is None else "analysed with warnings" if said else "analysed clean")
 
 
-def test_fuzz_core_controls(small):
-    """The unmutated core parses clean; cut before its notes it is refused, or with
+def test_fuzz_core_controls(small, small32, kernel_small):
+    """The unmutated cores parse clean; cut before its notes a gcore is refused, or with
     --allow-truncated analysed with warnings that say the notes are missing."""
-    assert _exercise(small["core"], False) == []
+    for c in (small, small32, kernel_small):
+        if c is not None:
+            assert _exercise(c["core"], False) == [], c
+    if kernel_small is not None:
+        t = CoreTarget(kernel_small["core"])
+        assert t.threads() and any(r.path for r in t.regions()), "kernel core parsed to nothing"
+        t.core.close()
     path = os.path.join(small["dir"], "cut.core")
     with open(path, "wb") as fh:
         fh.write(small["data"][:small["layout"].note_off])
@@ -247,6 +268,9 @@ def test_fuzz_core_controls(small):
         CoreFile(path)
     warnings = _exercise(path, True)
     assert any("notes missing" in w for w in warnings) and any("no threads or registers" in w for w in warnings)
+    t = CoreTarget(path, allow_truncated=True)
+    assert t.describe()["warnings"] == warnings and t.describe()["damaged"]   # JSON outputs say it too
+    t.core.close()
 
 
 @settings(max_examples=60 * SCALE, **SETTINGS)

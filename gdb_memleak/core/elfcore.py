@@ -702,6 +702,15 @@ class CoreTarget(Target):
     def _load_auxv(self):
         return dict(self.core.auxv)
 
+    def describe(self) -> dict:
+        """The target for JSON outputs; a partial core says there what was skipped."""
+        d = super().describe()
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
+        if self.core.problems:
+            d["damaged"] = True
+        return d
+
     def _core_main_build_id(self) -> Tuple[Optional[str], Optional[str]]:
         """(path, build-id) of the core's executable, the build-id read from the core's own bytes
         only (never from --exe: that would compare the file with itself)."""
