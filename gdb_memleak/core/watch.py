@@ -185,10 +185,6 @@ def classify(start: int, end: int, perms: str, path: Optional[str], arena_align:
 # ---------------------------------------------------------------------------------------------
 # formatting
 
-def _mib(n) -> str:
-    return "-" if n is None else "%.1f" % (n / MIB)
-
-
 def _size(n) -> str:
     if n is None:
         return "-"
