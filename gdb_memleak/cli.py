@@ -56,6 +56,9 @@ def _quiet_stdout():
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["watch"]:      # no core, no gdb: samples /proc only (its own options)
+        from .core.watch import main as watch_main
+        return watch_main(argv[1:])
     err = sys.stderr.write
     debug = "--debug" in argv
     try:
