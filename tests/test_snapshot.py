@@ -100,3 +100,23 @@ def test_diff_refuses_another_program(grown, workdir, tmp_path):
     assert r.returncode == 1 and "different programs" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("diff", snaps[0], exe)
     assert r.returncode == 1 and "not JSON" in r.stderr
+
+
+def test_diff_of_two_watch_samples(workdir, tmp_path):
+    """diff accepts the watcher's samples: the region the fixture grows is first, by RSS."""
+    exe = build(workdir, "grow.c", "grow")
+    run = Running([exe])
+    try:
+        out = tmp_path / "w"
+        r = run_cli("watch", "--pid", str(run.pid), "--interval", "0.3", "--count", "4", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+    finally:
+        run.kill()
+    samples = sorted(str(p) for p in out.iterdir() if p.name.startswith("sample-"))
+    d = str(tmp_path / "d.json")
+    r = run_cli("diff", samples[0], samples[-1], "--json", d)
+    assert r.returncode == 0, r.stderr
+    doc = load_json(d)
+    top = doc["regions"][0]
+    assert top["start"] == run.truth["grow_start"] and top["rss_delta"] > 0, doc["regions"][:3]
+    assert doc["findings"][0].startswith("anon %s grew" % run.truth["grow_start"])
