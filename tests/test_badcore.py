@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import PY, ROOT
+from conftest import PY
 
 TIMEOUT = 20
 COMMANDS = [["maps"], ["heap"], ["leaks"], ["threads"], ["vtable-census", "--heap"],
@@ -237,7 +237,7 @@ def _build_corpus(d, lay64, lay32, exe64, exe32):
         % last32["i"])
     p = mk("offset_past_eof")
     patch(p, *lay64.phdr(ld["i"], "p_offset"), lay64.size + (1 << 30))
-    err("offset_past_eof", p, r"corrupt core .*: a segment's data at file offset 0x%x lies past the end of the "
+    err("offset_past_eof", p, r"corrupt core .*: a segment's data lies at file offset 0x%x past the end of the "
         r"file \(%d bytes\)" % (lay64.size + (1 << 30), lay64.size))
     a, b = lay64.loads[1], lay64.loads[2]
     p = mk("file_data_overlap")

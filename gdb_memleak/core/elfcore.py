@@ -227,9 +227,8 @@ class CoreFile:
                 if why:
                     bad = "p_memsz 0x%x (%s) %s" % (p_memsz, _hsize(p_memsz), why)
             if bad:
-                self.problems.append("%s: %s: segment skipped (%s of memory not analysed)"
-                                     % (where, bad, _hsize(min(p_memsz, p_filesz) or p_memsz)
-                                        if not p_filesz > p_memsz else _hsize(p_memsz)))
+                self.problems.append("%s: %s: segment skipped (its %s of file data are not used)"
+                                     % (where, bad, _hsize(p_filesz)))
                 continue
             cands.append(Segment(p_vaddr, p_memsz, p_offset, p_filesz, p_flags, i))
         # segments of one process never overlap: of two that do, the bigger one is the corrupt one
@@ -312,8 +311,8 @@ class CoreFile:
                 self.path, size, need, "; ".join(parts))
         else:
             self.truncated_at = size
-            msg = "corrupt core %s: %s at file offset 0x%x lies past the end of the file (%d bytes): %s" % (
-                self.path, "a segment's data" if segs else "its notes", first, size, "; ".join(parts))
+            msg = "corrupt core %s: %s at file offset 0x%x past the end of the file (%d bytes): %s" % (
+                self.path, "a segment's data lies" if segs else "its notes lie", first, size, "; ".join(parts))
         if not allow:
             raise TargetError("%s; %s" % (msg, HINT))
         self.problems.insert(0, msg.replace("corrupt core %s: " % self.path, "", 1))
