@@ -65,9 +65,12 @@ class Context:
 def parse_int(text: str) -> int:
     """Offline address/number syntax: hex (0x…) or decimal."""
     try:
-        return int(str(text).replace("_", ""), 0)
+        v = int(str(text).replace("_", ""), 0)
     except ValueError:
         raise UsageError("not an address: %r (offline, use hex like 0x1f3a000 or decimal)" % text)
+    if v < 0:
+        raise UsageError("not an address: %r is negative" % text)
+    return v
 
 
 class Command:
