@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 import traceback
+from typing import Optional
 
 import gdb
 
 from ..core.command import Context, HelpShown, registry
-from ..core.errors import MemleakError
+from ..core.errors import Interrupted, MemleakError
 from ..core.settings import Settings
 from ..core.textparse import human_size, parse_size
 
@@ -29,34 +30,78 @@ def _warn(text: str):
     gdb.write(text.rstrip("\n") + "\n", gdb.STDERR)
 
 
+def _stop_time_line(cmd, target, seconds: float) -> Optional[str]:
+    """How long the command kept a live process stopped, worded for what happened: gdb stopped
+    it (at attach or at a breakpoint), not us; the figure is the command's own run time."""
+    if target is None or target.kind != "live":
+        return None
+    return "memleak %s: the command ran for %.2f s while the process was stopped" % (cmd.name, seconds)
+
+
 def run_command(cmd, arg: str, from_tty: bool):
-    from .target import GdbTarget
+    """Run one subcommand.  Every way it can end is one of: its output (then, on a live
+    process, one line saying how long it ran while the process was stopped), or exactly one
+    gdb.GdbError line — a user-facing error, "interrupted" on Ctrl-C, or an internal error."""
+    from .target import GdbTarget, process_gone
     t0 = time.monotonic()
     ctx = Context(GdbTarget, SETTINGS, gdb.write, _warn, _evaluate, "gdb")
+    resumed = []
+
+    def on_cont(event):
+        resumed.append(True)    # the program ran during the command (vgdb watch --breakpoint)
+    gdb.events.cont.connect(on_cont)
     try:
-        parser = cmd.build_parser("memleak " + cmd.name, out=gdb.write)
-        args = parser.parse_args(gdb.string_to_argv(arg))
-        cmd.run(ctx, args)
-    except HelpShown:
-        return
-    except MemleakError as e:
-        raise gdb.GdbError(str(e))
-    except gdb.MemoryError as e:
-        raise gdb.GdbError("cannot read target memory: %s" % e)
-    except KeyboardInterrupt:
-        raise gdb.GdbError("memleak %s: interrupted" % cmd.name)
-    except gdb.GdbError:
-        raise
-    except Exception as e:
-        if SETTINGS.debug:
-            traceback.print_exc()
+        try:
+            parser = cmd.build_parser("memleak " + cmd.name, out=gdb.write)
+            args = parser.parse_args(gdb.string_to_argv(arg))
+            cmd.run(ctx, args)
+        except HelpShown:
+            return
+        except Interrupted:
+            raise gdb.GdbError("memleak %s: interrupted" % cmd.name)
+        except MemleakError as e:
+            raise gdb.GdbError(str(e))
+        except gdb.MemoryError as e:
+            raise gdb.GdbError("cannot read target memory: %s" % e)
+        except KeyboardInterrupt:
+            raise gdb.GdbError("memleak %s: interrupted" % cmd.name)
+        except gdb.GdbError:
             raise
-        raise gdb.GdbError("memleak %s: internal error: %s: %s ('set memleak debug on' shows the traceback)"
-                           % (cmd.name, type(e).__name__, e))
-    finally:
+        except gdb.error as e:
+            if str(e).strip() == "Quit":            # gdb's own Ctrl-C
+                raise gdb.GdbError("memleak %s: interrupted" % cmd.name)
+            t = ctx._target
+            if t is not None and hasattr(t, "check_gone"):
+                try:
+                    t.check_gone(e, force=True)     # the target went away under us: say that
+                except MemleakError as gone:
+                    raise gdb.GdbError(str(gone))
+            if SETTINGS.debug:
+                traceback.print_exc()
+                raise
+            raise gdb.GdbError("memleak %s: gdb failed: %s ('set memleak debug on' shows where)" % (cmd.name, e))
+        except Exception as e:
+            if SETTINGS.debug:
+                traceback.print_exc()
+                raise
+            raise gdb.GdbError("memleak %s: internal error: %s: %s ('set memleak debug on' shows the traceback)"
+                               % (cmd.name, type(e).__name__, e))
         t = ctx._target
-        if t is not None and t.kind == "live":   # the process is stopped while we work: say how long
-            _warn("memleak %s: process stopped for %.2f s" % (cmd.name, time.monotonic() - t0))
+        if t is not None and t.kind == "live" and not resumed and process_gone(t.pid):
+            raise gdb.GdbError("memleak %s: the process %s exited while the command ran: what it printed is "
+                               "incomplete; 'run' it again or open a core" % (cmd.name, t.pid))
+        line = None if resumed else _stop_time_line(cmd, t, time.monotonic() - t0)
+        if line:
+            _warn(line)
+    finally:
+        try:
+            gdb.events.cont.disconnect(on_cont)
+        except (ValueError, RuntimeError):
+            pass
+        t = ctx._target
+        close = getattr(t, "close", None)
+        if close is not None:
+            close()
 
 
 class MemleakPrefix(gdb.Command):
@@ -158,6 +203,8 @@ _REGISTERED = []
 def register():
     if _REGISTERED:
         return
+    from .target import install_event_hooks
+    install_event_hooks()
     _REGISTERED.append(MemleakPrefix())
     _REGISTERED.append(_SetPrefix("set"))
     _REGISTERED.append(_SetPrefix("show"))
