@@ -32,12 +32,14 @@ def rss_of(argv):
     return int(out) / 1024.0
 
 
-def big_heap(work, mib, leak_every=0, arena=False):
+def big_heap(work, mib, leak_every=0, arena=False, payload=False):
     """Build tests/fixtures/bigheap.cpp, run it to READY and gcore it: (exe, Running, core, gcore s).
-    With ``arena`` half the heap is in one thread arena several heaps long (~1.6 M chunks/GiB)."""
+    With ``arena`` half the heap is in one thread arena several heaps long (~1.6 M chunks/GiB).
+    With ``payload`` every 8th Msg holds "channelid=N;" (~250 k per GiB); Running.truth["payload"]
+    is then {value: copies}."""
     exe = os.path.join(work, "bigheap")
     subprocess.run(["g++", "-O1", "-pthread", os.path.join(FIXTURES, "bigheap.cpp"), "-o", exe], check=True)
-    run = Running([exe, str(mib), str(leak_every)] + (["arena"] if arena else []))
+    run = Running([exe, str(mib), str(leak_every)] + (["arena"] if arena else []) + (["payload"] if payload else []))
     t = time.monotonic()
     core = run.gcore(os.path.join(work, "big.core"))
     return exe, run, core, time.monotonic() - t
