@@ -18,7 +18,35 @@ from .core.settings import Settings
 from .core.textparse import parse_size
 
 
+# global options and whether they take a value: accepted before or after the command
+GLOBALS = {"--core": True, "--vgdb-pid": True, "--exe": True, "--sysroot": True, "--allow-truncated": False,
+           "--max-dump-size": True, "--no-progress": False, "--debug": False}
+
+
+def split_globals(argv):
+    """(global options, the rest): global options may stand anywhere on the line, as in git or
+    valgrind; a command's own options and arguments keep their order."""
+    glob, rest = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        name = a.split("=", 1)[0]
+        if name in GLOBALS:
+            glob.append(a)
+            if GLOBALS[name] and "=" not in a and i + 1 < len(argv):
+                glob.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return glob, rest
+
+
 def _top_parser(commands):
+    from . import __version__
     p = ArgParser(prog="python -m gdb_memleak", out=sys.stdout.write,
                   description="Where did the memory go: analyse a core file without gdb.",
                   epilog="commands: " + "; ".join("%s: %s" % (c.name, c.summary) for c in commands.values()))
@@ -33,6 +61,7 @@ def _top_parser(commands):
     p.add_argument("--max-dump-size", metavar="SIZE", default="1G", help="dump bound (default 1G)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    p.add_argument("--version", action="version", version="gdb_memleak %s" % __version__)
     names = sorted({n.split()[0] for n in commands})
     p.add_argument("command", metavar="COMMAND", choices=names, help="one of: " + ", ".join(names))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
@@ -64,24 +93,31 @@ def main(argv=None) -> int:
     try:
         commands = by_name()
         top = _top_parser(commands)
-        ns = top.parse_args(argv)
-        if ns.command == "vgdb":
+        glob, rest = split_globals(argv)
+        ns = top.parse_args(glob + rest)
+        if ns.command == "vgdb" and ns.args and ns.args[0] not in ("-h", "--help"):
             subs = sorted(n.split()[1] for n in commands if n.startswith("vgdb "))
             if not ns.args or ns.args[0] not in subs:
                 raise UsageError("vgdb needs a subcommand: %s" % ", ".join(subs))
             ns.command = "vgdb " + ns.args.pop(0)
-            if not ns.vgdb_pid:
-                raise UsageError("vgdb commands need --vgdb-pid PID (a process under valgrind --vgdb=yes)")
-        elif not ns.core and getattr(commands.get(ns.command), "needs_target", True):
-            raise UsageError("--core CORE is required (inside gdb, use the 'memleak' commands instead)")
+        elif ns.command == "vgdb":
+            subs = sorted(n.split()[1] for n in commands if n.startswith("vgdb "))
+            sys.stdout.write("vgdb subcommands: %s (python -m gdb_memleak vgdb SUB --help)\n" % ", ".join(subs))
+            return 0
+        cmd = commands[ns.command]
+        # the command's own arguments first: 'COMMAND --help' needs no core
+        parser = cmd.build_parser("python -m gdb_memleak %s" % cmd.name, out=sys.stdout.write)
+        args = parser.parse_args(ns.args)
+        if cmd.name.startswith("vgdb ") and not ns.vgdb_pid:
+            raise UsageError("vgdb commands need --vgdb-pid PID (a process under valgrind --vgdb=yes)")
+        if not cmd.name.startswith("vgdb ") and not ns.core and cmd.needs_target:
+            raise UsageError("--core CORE is required (inside gdb, use the 'memleak' commands instead; "
+                             "see 'python -m gdb_memleak --help')")
         settings = Settings(debug=ns.debug, progress=not ns.no_progress)
         try:
             settings.max_dump_size = parse_size(ns.max_dump_size)
         except ValueError as e:
             raise UsageError(str(e))
-        cmd = commands[ns.command]
-        parser = cmd.build_parser("python -m gdb_memleak %s" % cmd.name, out=sys.stdout.write)
-        args = parser.parse_args(ns.args)
 
         def make_target():
             if ns.vgdb_pid:

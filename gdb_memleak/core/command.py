@@ -24,7 +24,8 @@ class ArgParser(argparse.ArgumentParser):
         self._out = out
 
     def error(self, message):
-        raise UsageError("%s: %s (see 'help %s')" % (self.prog, message, self.prog))
+        hint = ("help %s" % self.prog) if self.prog.startswith("memleak") else ("%s --help" % self.prog)
+        raise UsageError("%s: %s (see '%s')" % (self.prog, message, hint))
 
     def exit(self, status=0, message=None):
         if status:
