@@ -64,6 +64,33 @@ def _free_mask(heap, lo: int, hi: int) -> Optional[np.ndarray]:
     return np.cumsum(edge[:-1]) > 0
 
 
+def _windows(target: Target, start: int, end: int, skipped, progress, max_len: int):
+    """(address, n, buffer) over [start, end): ``buffer`` holds the n bytes at ``address`` and up to
+    ``max_len`` bytes after them (the overlap).  Whole windows are read into one reused buffer
+    (one preadv from a core or /proc/PID/mem); a window with unreadable pages falls back to page
+    probing, and its holes are recorded in ``skipped``."""
+    from .errors import MemoryReadError
+    buf = bytearray(CHUNK + max_len)
+    view = memoryview(buf)
+    addr = start
+    while addr < end:
+        n = min(CHUNK, end - addr)
+        m = min(n + max_len, end - addr)
+        try:
+            target.read_into(addr, view[:m])
+            yield addr, n, view[:m]
+            if progress is not None:
+                progress.advance(n)
+        except MemoryReadError:
+            for a, data in iter_chunks(target, addr, addr + n, CHUNK, progress, skipped):
+                k = len(data)
+                extra = b""
+                if a + k < end:
+                    extra = target.try_read(a + k, min(max_len, end - a - k)) or b""
+                yield a, k, memoryview(bytes(data) + bytes(extra))
+        addr += n
+
+
 def scan_strings(target: Target, ranges: List[Tuple[int, int]], pattern: Optional[Pattern] = None,
                  histogram: Optional[Pattern] = None, min_len: int = 8, top: bool = True,
                  heap=None, progress: Optional[Progress] = None, max_len: int = MAX_LEN) -> StringsResult:
@@ -74,18 +101,13 @@ def scan_strings(target: Target, ranges: List[Tuple[int, int]], pattern: Optiona
         # per regex, where the last counted match ended: a match is never counted twice, nor
         # is its tail matched again at the start of the next chunk
         resume = {}
-        for addr, data in iter_chunks(target, start, end, CHUNK, progress, res.skipped):
-            n = len(data)
-            # the overlap: up to max_len bytes after this chunk (only matches starting in it count)
-            extra = b""
-            if addr + n < end:
-                extra = target.try_read(addr + n, min(max_len, end - addr - n)) or b""
-            buf = bytes(data) + bytes(extra)
+        for addr, n, buf in _windows(target, start, end, res.skipped, progress, max_len):
+            # only matches starting in the first n bytes count; the rest is the overlap
             mask = _free_mask(heap, addr, addr + len(buf))
             if mask is not None:
-                arr = np.frombuffer(buf, dtype=np.uint8).copy()
-                arr[mask] = 0
-                buf = arr.tobytes()
+                if buf.readonly:
+                    buf = memoryview(bytearray(buf))
+                np.frombuffer(buf, dtype=np.uint8)[mask] = 0
             res.scanned_bytes += n
 
             def each(rx):
