@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import PY
+from conftest import GDBINIT, PY
 
 TIMEOUT = 20
 COMMANDS = [["maps"], ["heap"], ["leaks"], ["threads"], ["vtable-census", "--heap"],
@@ -402,3 +402,40 @@ def test_corpus(corpus, tmp_path):
         if case.expect == "partial" and cmd == ["maps"]:
             assert rc == 0 and out, case.name
 
+
+
+def _run_gdb(case, workdir):
+    argv = ["gdb", "-nx", "-batch", "-ex", "source " + GDBINIT, "-ex", "set memleak progress off",
+            "-ex", "memleak maps", "-ex", "memleak heap"]
+    argv += [case.exe] if case.exe else []
+    argv += [case.core]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd=workdir,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, "", "hung"
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_corpus_in_gdb(corpus, tmp_path):
+    """The same inputs through gdb: gdb may load a core we refuse offline, or refuse one; either
+    way memleak never hangs, never shows a traceback or an internal error, and a damaged core is
+    never analysed without a word about it."""
+    d, cases = corpus
+    cases = [c for c in cases if os.path.isfile(c.core) and os.path.getsize(c.core) > 0]
+    jobs = []
+    for case in cases:
+        wd = tmp_path / case.name
+        wd.mkdir()
+        jobs.append((case, str(wd)))
+    with ThreadPoolExecutor(max(2, min(8, 2 * (os.cpu_count() or 1)))) as pool:
+        results = list(pool.map(lambda j: (j[0],) + _run_gdb(*j), jobs))
+    bad = []
+    for case, rc, out, err_ in results:
+        if rc is None:
+            bad.append("%s: hung" % case.name)
+        elif "Traceback" in err_ + out or "internal error" in err_ + out:
+            bad.append("%s: %s" % (case.name, err_[-800:]))
+        elif case.expect != "ok" and rc == 0 and "warning" not in err_.lower() and "error" not in err_.lower():
+            bad.append("%s: analysed a damaged input without a word\n%s" % (case.name, err_[-800:]))
+    assert not bad, "\n\n".join(bad[:20])
