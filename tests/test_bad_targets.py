@@ -184,7 +184,9 @@ def test_truncated_gcore_gdb_refuses(threads_core, tmp_path):
     for r in (run_gdb("memleak maps", exe=exe, core=cut, timeout=60),                   # gdb PROG CORE
               subprocess.run(["gdb", "-nx", "-batch", "-ex", "source " + GDBINIT, "-c", cut, "-ex", "memleak maps"],
                              capture_output=True, text=True, timeout=60, cwd=ROOT),           # gdb -c CORE
-              run_gdb("core-file " + cut, "memleak threads", exe=exe, timeout=60)):         # core-file CORE
+              run_gdb("core-file " + cut, "memleak threads", exe=exe, timeout=60),          # core-file CORE
+              run_gdb("memleak maps --kind heap", "core-file " + cut, "memleak threads",     # in place of a
+                      exe=exe, core=core, timeout=60)):                                     # good one
         assert one_error(r, "gdb could not load the core") == want
     # an empty file and a missing one: named too
     empty = tmp_path / "empty.core"

@@ -95,6 +95,7 @@ def remote_silent_message(details: Optional[str], secs: float) -> str:
 # -- what happened to targets gdb no longer has (gdb events; see install_event_hooks) -----------
 _GONE: Dict[int, str] = {}      # inferior number -> why it has no target any more
 _PIDS: Dict[int, int] = {}      # inferior number -> the last process id seen
+_CORES: Dict[int, str] = {}     # inferior number -> the last core file seen
 _HOOKS: List[Tuple[object, object]] = []
 
 
@@ -104,6 +105,11 @@ def _on_exited(event):
     if getattr(conn, "type", None) in ("remote", "extended-remote"):
         # a remote connection that closed takes its inferior with it: say which one
         _GONE[inf.num] = remote_closed_message(getattr(conn, "details", None))
+    elif getattr(conn, "type", None) == "core":
+        core = _CORES.get(inf.num)
+        _GONE[inf.num] = ("no core loaded: the core%s was closed ('core-file' with no file, 'detach', or a core that "
+                          "failed to load in its place; see gdb's messages above): 'core-file FILE'"
+                          % (" " + core if core else ""))
     elif conn is None and inf.num in _GONE:
         pass    # the connection went first (connection_removed said why)
     else:
@@ -285,16 +291,18 @@ def core_not_loaded_message(path: str) -> str:
         return "gdb could not load the core %s: %s" % (path, e)
     except Exception:   # noqa: BLE001 - only a diagnosis: gdb's own message says more
         pass
-    return ("gdb could not load the core %s (see gdb's message above): try 'python -m gdb_memleak --core %s'"
-            % (path, path))
+    return ("no core loaded: gdb did not load the core %s it was given, or closed it since (see gdb's messages "
+            "above): 'core-file %s' again, or offline 'python -m gdb_memleak --core %s'" % (path, path, path))
 
 
 def no_target_error(inf) -> TargetError:
     """The most precise reason there is no process or core to analyse."""
     gone = _GONE.get(inf.num) if inf is not None and inf.is_valid() else None
-    if gone:
-        return TargetError(gone)
     intents = launch_intents(gdb_command_line())
+    closed = _CORES.get(inf.num) if gone and gone.startswith("no core loaded: the core") else None
+    if gone and not (closed and intents and intents[-1][0] == "core"
+                     and os.path.abspath(os.path.expanduser(intents[-1][1])) != closed):
+        return TargetError(gone)    # (a core given after the one that was closed failed: say why below)
     if intents:
         kind, val = intents[-1]
         if kind == "core":
@@ -304,11 +312,13 @@ def no_target_error(inf) -> TargetError:
             if process_gone(pid):
                 return TargetError("gdb could not attach to process %d: there is no such process (it has exited?); "
                                    "start it again, or open a core" % pid)
-            return TargetError("gdb could not attach to process %d (see gdb's message above; not root? check "
-                               "/proc/sys/kernel/yama/ptrace_scope), then 'attach %d'" % (pid, pid))
+            return TargetError("gdb is not attached to process %d: attaching failed or it was detached since "
+                               "(see gdb's messages above; not root? check /proc/sys/kernel/yama/ptrace_scope): "
+                               "'attach %d'" % (pid, pid))
         if kind == "remote":
-            return TargetError("gdb could not connect to the remote target %s (see gdb's message above): start "
-                               "gdbserver or valgrind --vgdb=yes, then 'target remote %s'" % (val, val))
+            return TargetError("gdb is not connected to the remote target %s: connecting failed or the connection "
+                               "closed since (see gdb's messages above): start gdbserver or valgrind --vgdb=yes, "
+                               "then 'target remote %s'" % (val, val))
     return TargetError(NO_TARGET)
 
 
@@ -389,6 +399,7 @@ class GdbTarget(Target):
         if self.kind == "core":
             self.core_path = parse_core_path_from_info_target(_execute("info target"))
             if self.core_path:
+                _CORES[self.inferior.num] = self.core_path
                 from ..core.elfcore import CoreFile
                 self._corefile = CoreFile(self.core_path, allow_truncated=True)
                 self._check_core_arch()
@@ -831,6 +842,18 @@ class GdbTarget(Target):
             except (gdb.error, SystemError, RuntimeError):
                 pass
         return out or None
+
+    def symbol_at(self, addr: int):
+        """gdb's 'info symbol': 'NAME + OFF in section S of FILE' or 'NAME in section S'."""
+        import re
+        try:
+            text = gdb.execute("info symbol 0x%x" % addr, to_string=True).strip()
+        except gdb.error:
+            return None
+        m = re.match(r"(.+?)(?: \+ (\d+))? in section ", text)
+        if not m or text.startswith("No symbol"):
+            return None
+        return m.group(1), int(m.group(2) or 0)
 
     def type_size(self, name: str, module: Optional[str] = None) -> Optional[int]:
         if module is not None and not self._has_dwarf(module):
