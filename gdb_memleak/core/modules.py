@@ -272,6 +272,10 @@ def symbolize(target: Target, addr: int) -> Optional[dict]:
         return None
     local = target.local_path(mod.path) if hasattr(target, "local_path") else mod.path
     sym = nearest_symbol(local, addr - mod.load_bias) if local else None
+    if sym is None:
+        got = target.symbol_at(addr)     # gdb knows more (debug info, separate debug files)
+        if got:
+            sym = (got[0], got[1], None)
     return {"module": mod.name, "path": mod.path, "module_offset": addr - mod.start,
             "symbol": sym[0] if sym else None, "symbol_offset": sym[1] if sym else None,
             "symbol_size": sym[2] if sym else None}

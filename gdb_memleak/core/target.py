@@ -167,6 +167,11 @@ class Target:
             return regs[i]
         return None
 
+    def symbol_at(self, addr: int) -> Optional[Tuple[str, int]]:
+        """(function or variable name, offset) from the debugger's own symbols (gdb: its minimal
+        and debug symbols, separate debug files included); None when the target has none."""
+        return None
+
     def type_size(self, name: str, module: Optional[str] = None) -> Optional[int]:
         """sizeof(name) from debug info when the target has it (gdb); None otherwise.  ``module``
         (a file name) lets a target skip the lookup when that module has no DWARF at all."""

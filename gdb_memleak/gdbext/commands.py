@@ -19,7 +19,13 @@ SETTINGS = Settings()
 def _evaluate(expr: str) -> int:
     try:
         v = gdb.parse_and_eval(expr)
-        if v.type.strip_typedefs().code == gdb.TYPE_CODE_ARRAY:
+        # x's rule: a pointer or an integer is the address; an object (struct, array, function,
+        # a variable of any other type) stands for its own address
+        code = v.type.strip_typedefs().code
+        if code not in (gdb.TYPE_CODE_PTR, gdb.TYPE_CODE_INT, gdb.TYPE_CODE_ENUM, gdb.TYPE_CODE_CHAR,
+                        gdb.TYPE_CODE_BOOL) and v.address is not None:
+            v = v.address
+        elif code == gdb.TYPE_CODE_FUNC and v.address is not None:
             v = v.address
         return int(v.cast(gdb.lookup_type("unsigned long long"))) if v.type.sizeof <= 8 else int(v)
     except gdb.error as e:
@@ -113,17 +119,78 @@ The same subcommands run offline: python -m gdb_memleak --core CORE SUBCOMMAND .
     def __init__(self):
         super().__init__("memleak", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
 
+    def invoke(self, arg, from_tty):
+        self.dont_repeat()
+        if arg.strip():
+            raise gdb.GdbError("memleak: unknown subcommand %r (see 'help memleak')" % arg.split()[0])
+        _list_subcommands("")
+
+
+def _list_subcommands(prefix: str):
+    """What gdb's prefix commands print: each subcommand with its one-line summary."""
+    rows = [(c.name, c.summary) for c in registry() if (c.name.startswith(prefix + " ") if prefix else True)]
+    rows = [(n[len(prefix) + 1:] if prefix else n, s) for n, s in rows]
+    if not prefix:
+        rows = [r for r in rows if " " not in r[0]] + [("vgdb", "valgrind's gdbserver answers as data "
+                                                        "(memleak vgdb SUBCOMMAND)")]
+    width = max(len(n) for n, _ in rows)
+    gdb.write("List of memleak%s subcommands:\n\n" % (" " + prefix if prefix else ""))
+    for n, s in sorted(rows):
+        gdb.write("memleak %s%s -- %s\n" % (prefix + " " if prefix else "", n.ljust(width), s))
+    gdb.write("\nType \"help memleak%s SUBCOMMAND\" for its options.\n" % (" " + prefix if prefix else ""))
+
+
+_FILE_OPTIONS = ("--json", "--addresses", "--output", "-o", "--html", "--baseline")
+
+
+def _completer(cmd):
+    """Subcommand options, their fixed values (--kind, --sort, choices), file names after file
+    options, gdb's expression completion for addresses."""
+    from gdb_memleak.core.maps import KINDS
+    parser = cmd.build_parser("memleak " + cmd.name, add_help=False)
+    opts = sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
+    values = {}
+    for a in parser._actions:
+        for o in a.option_strings:
+            if a.choices:
+                values[o] = sorted(str(c) for c in a.choices)
+            elif o == "--kind":
+                values[o] = list(KINDS)
+
+    def complete(self, text, word):
+        words = text.split()
+        last = "" if not words or text.endswith(" ") else words[-1]
+        prev = (words[-1] if text.endswith(" ") else words[-2]) if len(words) >= (1 if text.endswith(" ") else 2) \
+            else None
+        word = word or ""
+        cut = len(last) - len(word)          # gdb completes the part after its word-break characters
+
+        def fit(cands):
+            return [c[cut:] for c in cands if c.startswith(last)]
+        if prev in _FILE_OPTIONS:
+            import glob
+            import os
+            return fit(sorted(p + ("/" if os.path.isdir(p) else "") for p in glob.glob(os.path.expanduser(last) + "*")))
+        if prev in values:
+            have = last.rpartition(",")[0]
+            return fit([(have + "," if have else "") + v for v in values[prev]])
+        if last.startswith("-"):
+            return fit(opts)
+        return gdb.COMPLETE_EXPRESSION
+    return complete
+
 
 def _make_command_class(cmd):
     def __init__(self):
-        gdb.Command.__init__(self, "memleak " + cmd.name, gdb.COMMAND_DATA, gdb.COMPLETE_EXPRESSION)
+        gdb.Command.__init__(self, "memleak " + cmd.name, gdb.COMMAND_DATA)
 
     def invoke(self, arg, from_tty):
         self.dont_repeat()
         run_command(cmd, arg, from_tty)
 
     return type("Memleak_" + cmd.name.replace("-", "_").replace(" ", "_"), (gdb.Command,),
-                {"__doc__": cmd.help_text("memleak " + cmd.name), "__init__": __init__, "invoke": invoke})
+                {"__doc__": cmd.help_text("memleak " + cmd.name), "__init__": __init__, "invoke": invoke,
+                 "complete": _completer(cmd)})
 
 
 class _SubPrefix(gdb.Command):
@@ -133,6 +200,14 @@ Needs gdb connected to valgrind: valgrind --vgdb=yes --vgdb-error=0 PROG, then t
 
     def __init__(self, word):
         super().__init__("memleak " + word, gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
+        self.word = word
+
+    def invoke(self, arg, from_tty):
+        self.dont_repeat()
+        if arg.strip():
+            raise gdb.GdbError("memleak %s: unknown subcommand %r (see 'help memleak %s')" % (
+                self.word, arg.split()[0], self.word))
+        _list_subcommands(self.word)
 
 
 class _SetPrefix(gdb.Command):
@@ -140,6 +215,17 @@ class _SetPrefix(gdb.Command):
 
     def __init__(self, verb):
         super().__init__("%s memleak" % verb, gdb.COMMAND_DATA, gdb.COMPLETE_NONE, True)
+        self.verb = verb
+
+    def invoke(self, arg, from_tty):
+        self.dont_repeat()
+        if self.verb == "show" or not arg.strip():
+            for name in ("debug", "progress", "max-dump-size"):
+                gdb.write(gdb.execute("show memleak " + name, to_string=True))
+            if self.verb == "set":
+                gdb.write("Use 'set memleak SETTING VALUE'.\n")
+            return
+        raise gdb.GdbError("set memleak: unknown setting %r (see 'help set memleak')" % arg.split()[0])
 
 
 class DebugParam(gdb.Parameter):
