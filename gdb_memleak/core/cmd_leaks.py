@@ -16,6 +16,7 @@ from .vocabulary import NO_CLASS, ORPHAN_REASONS
 from .vtables import build_index
 
 STALE_TEXT = {k: "orphan stack (%s)" % v for k, v in ORPHAN_REASONS.items()}
+STALE_TEXT["no-registers"] = "stack of " + ORPHAN_REASONS["no-registers"]     # a root: the thread lives
 DUMP_BYTES = 32
 
 

@@ -8,14 +8,26 @@ from .render import table, write_json
 from .textparse import human_size, parse_size
 
 
+# "heap" is all memory malloc owns, in every command: the main heap and every arena heap; the
+# parts keep their own names
+KIND_GROUPS = {"heap": ("heap", "arena"), "main-heap": ("heap",), "arena-heap": ("arena",)}
+
+
 def parse_kinds(text):
     if not text:
         return None
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise UsageError("unknown kind %s; kinds are: %s" % (", ".join(bad), ", ".join(KINDS)))
-    return kinds
+    kinds = []
+    for k in (k.strip() for k in text.split(",")):
+        if not k:
+            continue
+        if k in KIND_GROUPS:
+            kinds.extend(KIND_GROUPS[k])
+        elif k in KINDS:
+            kinds.append(k)
+        else:
+            raise UsageError("unknown kind %s; kinds are: %s (heap = main-heap + arena-heap)" % (
+                k, ", ".join(list(KIND_GROUPS) + [x for x in KINDS if x not in ("heap", "arena")])))
+    return list(dict.fromkeys(kinds))
 
 
 class MapsCommand(Command):

@@ -133,7 +133,7 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
                 continue
             reason, keep_from = (stale_reason(m) if stale_reason else None) or (None, None)
             reason = reason or "orphan stack (no live thread owns it: exited without join, or glibc's stack cache)"
-            if stale_stacks_as_roots:
+            if stale_stacks_as_roots or reason.startswith("stack of a live thread"):
                 roots.append(RootRange(m.start, m.end, reason))
             elif keep_from is not None and m.start < keep_from < m.end:
                 # glibc's own struct pthread at the top stays live (its DTV, its list links)

@@ -23,7 +23,7 @@ from .target import Target, ThreadInfo
 
 TOP_SCAN = 64 << 10          # struct pthread lies within this much of a stack block's top
 MAX_RING = 100000
-REASONS = ("exited-unjoined", "cached", "unowned")
+REASONS = ("exited-unjoined", "cached", "unowned", "no-registers")
 
 
 @dataclass
@@ -323,6 +323,8 @@ def analyze_threads(target: Target, maps: List[Mapping]) -> ThreadsReport:
             list_off = list_off if list_off is not None else lo
             info = describe_pthread(target, pd, lo)
             reason = classify_orphan(target, info, live_pds, used_head)
+            if info.tid is not None and info.tid in getattr(target, "threads_without_registers", ()):
+                reason = "no-registers"       # a live thread gdb could not read: its stack is live
         orphans.append(OrphanStack(m, reason, has_guard(m), info))
 
     sizes = [ts.mapping.size for ts in threads if ts.mapping is not None and ts.mapping.kind == "thread-stack"]

@@ -9,6 +9,7 @@ ORPHAN_REASONS = {
     "exited-unjoined": "its thread exited and was never joined",
     "cached": "cached by glibc after join/detach",
     "unowned": "no glibc thread structure names it",
+    "no-registers": "a live thread whose registers are unavailable (damaged core)",
 }
 
 
