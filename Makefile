@@ -6,7 +6,8 @@ PY    := $(VENV)/bin/python
 BUILD := $(ROOT)/build
 STAMP := $(VENV)/.installed
 APT_PACKAGES := gdb g++ g++-multilib valgrind python3-venv python3-pip make python3-numpy python3-pyelftools python3-capstone python3-tabulate libc6-dbg:amd64 \
-                cppcheck doxygen 7zip pbzip2 memcached gdbserver
+                cppcheck doxygen 7zip pbzip2 memcached gdbserver \
+                python3-jinja2 python3-plotly chromium
 # best effort: the i386 oracle tests skip without it
 APT_OPTIONAL := libc6-dbg:i386
 

@@ -113,12 +113,13 @@ class Command:
 
 
 def registry() -> List[Command]:
-    from . import (cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps, cmd_snapshot, cmd_strings, cmd_threads,
-                   cmd_vgdb, cmd_whatis)
+    from . import (cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps, cmd_report, cmd_snapshot, cmd_strings,
+                   cmd_threads, cmd_vgdb, cmd_whatis)
     return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand(), cmd_census.CensusCommand(), cmd_heap.HeapCommand(),
             cmd_leaks.LeaksCommand(), cmd_threads.ThreadsCommand(), cmd_whatis.WhatisCommand(),
             cmd_strings.StringsCommand(), cmd_snapshot.SnapshotCommand(), cmd_snapshot.DiffCommand(),
-            cmd_vgdb.VgdbLeakCheck(), cmd_vgdb.VgdbBlocks(), cmd_vgdb.VgdbWhoPointsAt(), cmd_vgdb.VgdbWatch()]
+            cmd_vgdb.VgdbLeakCheck(), cmd_vgdb.VgdbBlocks(), cmd_vgdb.VgdbWhoPointsAt(), cmd_vgdb.VgdbWatch(),
+            cmd_report.ReportCommand()]
 
 
 def by_name() -> Dict[str, Command]:
