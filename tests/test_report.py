@@ -274,8 +274,10 @@ def test_report_baseline_shows_growth(workdir, chromium, tmp_path):
     g = doc["growth"]
     cls = {c["name"]: c for c in g["classes"]}
     assert cls["net::Connection"]["delta"] == t2["added"]
-    reg = [x for x in g["regions"] if x["start"] == t2["region"]]
-    assert reg and reg[0]["change"] == "grown" and reg[0]["size_delta"] == 8 << 20
+    # the mapping holding the region (the kernel may have merged it with an anonymous neighbour below)
+    at = int(t2["region"], 16)
+    reg = [x for x in g["regions"] if int(x["start"], 16) <= at < int(x["start"], 16) + x["size"]]
+    assert reg and reg[0]["change"] == "grown" and reg[0]["size_delta"] == 8 << 20, g["regions"][:4]
     assert g["strings"][STR]["histogram"]["4099"] == t2["added"]
     assert any(f["section"] == "growth" and "net::Connection +%d instances" % t2["added"] in f["text"]
                for f in doc["findings"])
