@@ -51,8 +51,15 @@ def grown(workdir, tmp_path_factory):
 
 def _check(doc, truth):
     t1, t2 = truth
-    reg = [r for r in doc["regions"] if r["start"] == t1["region"]]
-    assert reg and reg[0]["change"] == "grown" and reg[0]["size_delta"] == t2["region_size"] - t1["region_size"], reg
+    # the region, or the mapping the kernel merged it into (the worker's filler can land right
+    # below it): the one holding its address grew by at least the growth
+    at = int(t1["region"], 16)
+    reg = [r for r in doc["regions"] if int(r["start"], 16) <= at < int(r["start"], 16) + r["size"]
+           and "w" in (r["perms"] or "")]
+    grow = t2["region_size"] - t1["region_size"]
+    assert reg and reg[0]["change"] in ("grown", "new") and reg[0]["size_delta"] >= grow, doc["regions"][:4]
+    if reg[0]["start"] == t1["region"]:
+        assert reg[0]["size_delta"] == grow
     cls = {c["name"]: c for c in doc["classes"]}
     c = cls["net::Connection"]
     assert (c["before"], c["after"], c["delta"]) == (t1["connections"], t2["connections"], t2["added"])
