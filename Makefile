@@ -28,7 +28,7 @@ $(STAMP): setup.cfg
 	  if [ ! -x $(PY) ] || [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != "$$($$gdbpy -c 'import sys; print(sys.base_prefix)')" ]; then \
 	    rm -rf $(VENV) && $$gdbpy -m venv $(VENV); fi
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	gdb -nx -batch -ex 'source $(ROOT)/gdbinit.example' -ex 'python import numpy, elftools, capstone, tabulate' -ex 'help memleak' >/dev/null
+	gdb -nx -batch -ex 'source $(ROOT)/gdbinit.example' -ex 'python import numpy, elftools, capstone, tabulate, jinja2, plotly' -ex 'help memleak' >/dev/null
 	@touch $(STAMP)
 
 system-deps:
