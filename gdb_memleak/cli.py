@@ -19,8 +19,8 @@ from .core.textparse import parse_size
 
 
 # global options and whether they take a value: accepted before or after the command
-GLOBALS = {"--core": True, "--vgdb-pid": True, "--exe": True, "--sysroot": True, "--allow-truncated": False,
-           "--max-dump-size": True, "--no-progress": False, "--debug": False}
+GLOBALS = {"--core": True, "--vgdb-pid": True, "--exe": True, "--sysroot": True, "--debug-dir": True,
+           "--allow-truncated": False, "--max-dump-size": True, "--no-progress": False, "--debug": False}
 
 
 def split_globals(argv):
@@ -55,6 +55,10 @@ def _top_parser(commands):
                    help="a process running under valgrind --vgdb=yes (for the 'vgdb …' commands)")
     p.add_argument("--exe", metavar="EXE", help="the executable (checked against the core's build-id)")
     p.add_argument("--sysroot", metavar="DIR", help="where the core's shared libraries are found")
+    p.add_argument("--debug-dir", metavar="DIR", action="append", default=[],
+                   help="also look for separate debug files under DIR (as gdb's debug-file-directory: "
+                        "DIR/.build-id/xx/yyyy.debug, DIR/<the file's folder>/<its debuglink>); before "
+                        "/usr/lib/debug; repeatable")
     p.add_argument("--allow-truncated", action="store_true",
                    help="analyse a truncated or damaged core: use what is intact; a warning says what is missing "
                         "(segments, threads, registers, mapped files)")
@@ -113,6 +117,9 @@ def main(argv=None) -> int:
         if not cmd.name.startswith("vgdb ") and not ns.core and cmd.needs_target:
             raise UsageError("--core CORE is required (inside gdb, use the 'memleak' commands instead; "
                              "see 'python -m gdb_memleak --help')")
+        for d in ns.debug_dir:
+            if not os.path.isdir(d):
+                raise UsageError("--debug-dir %s is not a directory" % d)
         settings = Settings(debug=ns.debug, progress=not ns.no_progress)
         try:
             settings.max_dump_size = parse_size(ns.max_dump_size)
@@ -126,6 +133,7 @@ def main(argv=None) -> int:
             from .core.elfcore import CoreTarget
             t = CoreTarget(ns.core, exe=ns.exe, sysroot=ns.sysroot, allow_truncated=ns.allow_truncated)
             t.check_executable()
+            t.debug_dirs = ns.debug_dir
             return t
 
         ctx = Context(make_target, settings, sys.stdout.write, lambda s: err(s.rstrip("\n") + "\n"),

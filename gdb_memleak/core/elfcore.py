@@ -610,6 +610,16 @@ class CoreTarget(Target):
             return cand if is_regular_file(cand) else None
         return path if is_regular_file(path) else None
 
+    def type_size(self, name: str, module: Optional[str] = None) -> Optional[int]:
+        """sizeof(name) from DWARF, as gdb's lookup_type gives it: from the module's own file or
+        a separate debug file (build-id, .gnu_debuglink; ``debug_dirs`` then /usr/lib/debug), read
+        with core/dwarf.py; None when ``module`` has no DWARF or no class of that name is defined."""
+        sizes = self.__dict__.get("_dwarf_sizes")
+        if sizes is None:
+            from .dwarf import TargetDwarf
+            sizes = self._dwarf_sizes = TargetDwarf(self, getattr(self, "debug_dirs", None) or ())
+        return sizes.type_size(name, module)
+
     def _file_map(self, path: str):
         if path not in self._file_cache:
             local = self.local_path(path)
