@@ -26,6 +26,48 @@ def hex_ascii(data: bytes) -> str:
     return "%s  |%s|" % (hx, asc)
 
 
+def leak_summary(target, heap, res, index, show: int) -> dict:
+    """What 'memleak leaks' reports (and 'memleak report' shows): totals, by class, by size, and
+    ``show`` examples (direct first, biggest first) with their first bytes."""
+    ps = target.pointer_size
+    leaked = res.leaked
+    li = res.index[leaked]
+    sizes = heap.size[li]
+    direct = res.direct[leaked]
+    cls = index.primary_class_of(res.first_word[leaked])
+    totals = {"chunks": int(len(li)), "bytes": int(sizes.sum()),
+              "direct_chunks": int(direct.sum()), "indirect_chunks": int((~direct).sum()),
+              "direct_bytes": int(sizes[direct].sum()), "indirect_bytes": int(sizes[~direct].sum())}
+    by_class = []
+    for c, n in zip(*np.unique(cls, return_counts=True)):
+        sel = cls == c
+        entry = {"name": index.classes[int(c)].name if c >= 0 else NO_CLASS, "chunks": int(n),
+                 "bytes": int(sizes[sel].sum()), "direct_chunks": int((sel & direct).sum())}
+        if c >= 0:
+            vc = index.classes[int(c)]
+            entry.update({"mangled": vc.mangled, "module": vc.module, "name_source": vc.source})
+        by_class.append(entry)
+    by_class.sort(key=lambda e: (-e["bytes"], e["name"]))
+    by_size = [{"size": int(s), "chunks": int(n), "bytes": int(s) * int(n)}
+               for s, n in zip(*np.unique(sizes, return_counts=True))]
+    by_size.sort(key=lambda e: (-e["bytes"], e["size"]))
+    order = np.lexsort((heap.addr[li], -sizes.astype(np.int64), ~direct))
+    examples = []
+    for k in order[:show]:
+        ci = int(li[k])
+        user = int(heap.addr[ci]) + 2 * ps
+        raw = target.try_read(user, min(DUMP_BYTES, int(heap.size[ci]) - 2 * ps))
+        examples.append({"address": hex(user), "chunk": hex(int(heap.addr[ci])), "size": int(heap.size[ci]),
+                         "class": index.classes[int(cls[k])].name if cls[k] >= 0 else None,
+                         "kind": "direct" if direct[k] else "indirect",
+                         "bytes": bytes(raw).hex() if raw is not None else None})
+    return {"leaked": totals, "in_use": {"chunks": int(len(res.index)), "bytes": int(heap.size[res.index].sum())},
+            "by_class": by_class, "by_size": by_size, "examples": examples,
+            "excluded_roots": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.excluded],
+            "skipped": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.skipped],
+            "root_bytes": res.root_bytes, "heap_bytes": res.heap_bytes, "references": res.edges}
+
+
 class LeaksCommand(Command):
     name = "leaks"
     summary = "Find heap chunks nothing reaches (leaked), direct and indirect, by class and size."
@@ -65,42 +107,10 @@ class LeaksCommand(Command):
         res = find_leaks(t, maps, heap, args.stale_stacks_as_roots, ctx.progress_sink(), stale_reason)
         index = build_index(t)
         ps = t.pointer_size
-        leaked = res.leaked
-        li = res.index[leaked]
-        sizes = heap.size[li]
-        direct = res.direct[leaked]
-        cls = index.primary_class_of(res.first_word[leaked])
-        in_use_bytes = int(heap.size[res.index].sum())
-        totals = {"chunks": int(len(li)), "bytes": int(sizes.sum()),
-                  "direct_chunks": int(direct.sum()), "indirect_chunks": int((~direct).sum()),
-                  "direct_bytes": int(sizes[direct].sum()), "indirect_bytes": int(sizes[~direct].sum())}
-
-        by_class = []
-        for c, n in zip(*np.unique(cls, return_counts=True)):
-            sel = cls == c
-            name = index.classes[int(c)].name if c >= 0 else NO_CLASS
-            entry = {"name": name, "chunks": int(n), "bytes": int(sizes[sel].sum()),
-                     "direct_chunks": int((sel & direct).sum())}
-            if c >= 0:
-                vc = index.classes[int(c)]
-                entry.update({"mangled": vc.mangled, "module": vc.module, "name_source": vc.source})
-            by_class.append(entry)
-        by_class.sort(key=lambda e: (-e["bytes"], e["name"]))
-        by_size = [{"size": int(s), "chunks": int(n), "bytes": int(s) * int(n)}
-                   for s, n in zip(*np.unique(sizes, return_counts=True))]
-        by_size.sort(key=lambda e: (-e["bytes"], e["size"]))
-
-        # examples: direct leaks first, biggest first
-        order = np.lexsort((heap.addr[li], -sizes.astype(np.int64), ~direct))
-        examples = []
-        for k in order[:args.show]:
-            ci = int(li[k])
-            user = int(heap.addr[ci]) + 2 * ps
-            raw = t.try_read(user, min(DUMP_BYTES, int(heap.size[ci]) - 2 * ps))
-            examples.append({"address": hex(user), "chunk": hex(int(heap.addr[ci])), "size": int(heap.size[ci]),
-                             "class": index.classes[int(cls[k])].name if cls[k] >= 0 else None,
-                             "kind": "direct" if direct[k] else "indirect",
-                             "bytes": bytes(raw).hex() if raw is not None else None})
+        doc = leak_summary(t, heap, res, index, args.show)
+        totals, by_class, by_size, examples = doc["leaked"], doc["by_class"], doc["by_size"], doc["examples"]
+        in_use_bytes = doc["in_use"]["bytes"]
+        li = res.index[res.leaked]
 
         w = ctx.write
         w("%d leaked chunks, %s (%d direct, %s; %d indirect, %s) of %d in use, %s\n" % (
@@ -130,15 +140,9 @@ class LeaksCommand(Command):
             users = np.sort(heap.addr[li] + np.uint64(2 * ps))
             write_text(args.addresses, "".join("0x%x\n" % int(a) for a in users), mode=0o600)
         if args.json:
-            write_json(args.json, {
-                "target": t.describe(),
-                "leaked": totals,
-                "in_use": {"chunks": int(len(res.index)), "bytes": in_use_bytes},
-                "by_class": by_class, "by_size": by_size,
-                "excluded_roots": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.excluded],
-                "skipped": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.skipped],
-                "roots": [{"start": hex(r.start), "end": hex(r.end), "what": r.what} for r in res.roots],
-                "examples": examples,
-                "references": res.edges,
-                "findings": [f.to_json() for f in heap.findings],
-                "seconds": round(time.monotonic() - t0, 3)})
+            out = {"target": t.describe()}
+            out.update(doc)
+            out.update({"roots": [{"start": hex(r.start), "end": hex(r.end), "what": r.what} for r in res.roots],
+                        "findings": [f.to_json() for f in heap.findings],
+                        "seconds": round(time.monotonic() - t0, 3)})
+            write_json(args.json, out)

@@ -159,48 +159,9 @@ def _census_section(target, maps, heap, index, show) -> dict:
 
 
 def _leaks_section(target, heap, res, index, show) -> dict:
-    """What `memleak leaks` reports: totals, by class, by size, examples (direct first, biggest first)."""
-    ps = target.pointer_size
-    leaked = res.leaked
-    li = res.index[leaked]
-    sizes = heap.size[li]
-    direct = res.direct[leaked]
-    cls = index.primary_class_of(res.first_word[leaked])
-    in_use_bytes = int(heap.size[res.index].sum())
-    totals = {"chunks": int(len(li)), "bytes": int(sizes.sum()),
-              "direct_chunks": int(direct.sum()), "indirect_chunks": int((~direct).sum()),
-              "direct_bytes": int(sizes[direct].sum()), "indirect_bytes": int(sizes[~direct].sum())}
-    by_class = []
-    for c, n in zip(*np.unique(cls, return_counts=True)):
-        sel = cls == c
-        entry = {"name": index.classes[int(c)].name if c >= 0 else NO_CLASS, "chunks": int(n),
-                 "bytes": int(sizes[sel].sum()), "direct_chunks": int((sel & direct).sum())}
-        if c >= 0:
-            vc = index.classes[int(c)]
-            entry.update({"mangled": vc.mangled, "module": vc.module, "name_source": vc.source})
-        by_class.append(entry)
-    by_class.sort(key=lambda e: (-e["bytes"], e["name"]))
-    by_size = [{"size": int(s), "chunks": int(n), "bytes": int(s) * int(n)}
-               for s, n in zip(*np.unique(sizes, return_counts=True))]
-    by_size.sort(key=lambda e: (-e["bytes"], e["size"]))
-    order = np.lexsort((heap.addr[li], -sizes.astype(np.int64), ~direct))
-    examples = []
-    for k in order[:show]:
-        ci = int(li[k])
-        user = int(heap.addr[ci]) + 2 * ps
-        raw = target.try_read(user, min(EXAMPLE_BYTES, int(heap.size[ci]) - 2 * ps))
-        examples.append({"address": hex(user), "chunk": hex(int(heap.addr[ci])), "size": int(heap.size[ci]),
-                         "class": index.classes[int(cls[k])].name if cls[k] >= 0 else None,
-                         "kind": "direct" if direct[k] else "indirect",
-                         "bytes": bytes(raw).hex() if raw is not None else None})
-    return {"leaked": totals, "in_use": {"chunks": int(len(res.index)), "bytes": in_use_bytes},
-            "by_class": by_class, "by_size": by_size, "examples": examples,
-            "excluded_roots": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.excluded],
-            "skipped": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.skipped],
-            "root_bytes": res.root_bytes, "heap_bytes": res.heap_bytes, "references": res.edges}
-
-
-# -- aggregations for the page --------------------------------------------------------------------
+    """What `memleak leaks` reports (one implementation: cmd_leaks.leak_summary)."""
+    from .cmd_leaks import leak_summary
+    return leak_summary(target, heap, res, index, show)
 
 def _writable(m) -> bool:
     return "w" in m.perms[:3] and m.kind not in NOT_MEMORY
