@@ -23,7 +23,6 @@ from .textparse import human_size
 from .vocabulary import NO_CLASS, ORPHAN_REASONS, plural
 
 SCHEMA = "gdb_memleak.report/1"
-EXAMPLE_BYTES = 32
 # writable memory that is no process memory of its own (the kernel's pages, shared files)
 NOT_MEMORY = ("vdso", "vvar", "vsyscall")
 KIND_LABELS = OrderedDict([
