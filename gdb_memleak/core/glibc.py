@@ -242,14 +242,25 @@ def _candidate_segments(target: Target):
                 yield mod, a, b
 
 
+def _segment_data(target: Target, lay: Layout):
+    """(start, bytes) of each candidate segment, read once per target (main_arena and mp_ are
+    both looked for there)."""
+    cached = getattr(target, "_glibc_segments", None)
+    if cached is None:
+        cached = []
+        for _mod, a, b in _candidate_segments(target):
+            a -= a % lay.ps
+            data = target.try_read(a, b - a - (b - a) % lay.ps)
+            if data is not None:
+                cached.append((a, bytes(data)))
+        target._glibc_segments = cached
+    return cached
+
+
 def find_main_arena(target: Target, lay: Layout, writable) -> Optional[int]:
     ps = lay.ps
-    for _mod, a, b in _candidate_segments(target):
-        a -= a % ps
-        data = target.try_read(a, b - a - (b - a) % ps)
-        if data is None:
-            continue
-        w = lay.words(bytes(data))
+    for a, data in _segment_data(target, lay):
+        w = lay.words(data)
         n = len(w)
         if n < lay.state_size // ps:
             continue
@@ -375,12 +386,7 @@ def find_mp(target: Target, lay: Layout, main_heap_lo: int, main_heap_hi: int) -
     no_dyn_threshold (on 64-bit glibc >= 2.35 they follow an int, so a hole may sit before
     mmapped_mem: both positions are tried)."""
     ps = lay.ps
-    for _mod, a, b in _candidate_segments(target):
-        a -= a % ps
-        data = target.try_read(a, b - a - (b - a) % ps)
-        if data is None:
-            continue
-        raw = bytes(data)
+    for a, raw in _segment_data(target, lay):
         w = lay.words(raw).astype(np.uint64)
         if len(w) < 12:
             continue
