@@ -52,6 +52,17 @@ class Running:
                 break
         self.pid = self.proc.pid
 
+    def next_ready(self):
+        """Read on to the fixture's next READY line; the JSON line before it (or None)."""
+        truth = None
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, "fixture exited"
+            if line.startswith("{"):
+                truth = json.loads(line)
+            if line.startswith("READY"):
+                return truth
+
     def gcore(self, prefix):
         subprocess.run(["gcore", "-o", prefix, str(self.pid)], check=True, capture_output=True)
         path = "%s.%d" % (prefix, self.pid)

@@ -6,7 +6,6 @@ offline and in gdb give the same JSON; the page renders in headless Chromium wit
 message, every chart drawn and every section present; with --baseline (growth.cpp's two
 phases) the growth section is there.  GDB_MEMLEAK_UPDATE_SCREENSHOT=1 also refreshes
 docs/report.png from the rendered page."""
-import json
 import os
 import re
 import shutil
@@ -242,16 +241,6 @@ def test_report_html_renders_in_chromium(chromium, offline_report, tmp_path):
         shutil.copyfile(str(shot), os.path.join(ROOT, "docs", "report.png"))
 
 
-def _ready(run):
-    truth = None
-    while True:
-        line = run.proc.stdout.readline()
-        assert line, "fixture exited"
-        if line.startswith("{"):
-            truth = json.loads(line)
-        if line.startswith("READY"):
-            return truth
-
 
 def test_report_baseline_shows_growth(workdir, chromium, tmp_path):
     exe = build(workdir, "growth.cpp", "growth")
@@ -259,7 +248,7 @@ def test_report_baseline_shows_growth(workdir, chromium, tmp_path):
     try:
         c1 = run.gcore(str(tmp_path / "c1"))
         os.kill(run.pid, signal.SIGUSR1)
-        t2 = _ready(run)
+        t2 = run.next_ready()
         c2 = run.gcore(str(tmp_path / "c2"))
     finally:
         run.kill()

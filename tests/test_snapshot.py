@@ -12,17 +12,6 @@ from conftest import Running, build, load_json, run_cli, run_gdb
 STR = "channelid=([0-9]+);"
 
 
-def _ready(run):
-    truth = None
-    while True:
-        line = run.proc.stdout.readline()
-        assert line, "fixture exited"
-        if line.startswith("{"):
-            import json
-            truth = json.loads(line)
-        if line.startswith("READY"):
-            return truth
-
 
 @pytest.fixture(scope="module")
 def grown(workdir, tmp_path_factory):
@@ -36,7 +25,7 @@ def grown(workdir, tmp_path_factory):
         r = run_gdb("memleak snapshot %s --strings '%s'" % (s1, STR), pid=run.pid)       # live, in gdb
         assert r.returncode == 0, r.stderr
         os.kill(run.pid, signal.SIGUSR1)
-        t2 = _ready(run)
+        t2 = run.next_ready()
         c2 = run.gcore(str(d / "c2"))
     finally:
         run.kill()

@@ -344,6 +344,17 @@ def _bits_arch(arch: str, pointer_size: int) -> str:
     return "%d-bit %s" % (8 * pointer_size, arch)
 
 
+def _restore_selection(thread, frame):
+    """Select again the thread and frame the user had selected (best effort: they may be gone)."""
+    try:
+        if thread is not None and thread.is_valid():
+            thread.switch()
+        if frame is not None and frame.is_valid():
+            frame.select()
+    except (gdb.error, SystemError, RuntimeError):
+        pass
+
+
 class GdbTarget(Target):
     def __init__(self):
         super().__init__()
@@ -704,13 +715,7 @@ class GdbTarget(Target):
                     fname = None
                 out.append(ThreadInfo(num=th.num, lwp=lwp, sp=sp, pc=pc, name=name, function=fname, regs=regs))
         finally:
-            try:
-                if orig_thread is not None and orig_thread.is_valid():
-                    orig_thread.switch()
-                if orig_frame is not None and orig_frame.is_valid():
-                    orig_frame.select()
-            except (gdb.error, SystemError, RuntimeError):
-                pass
+            _restore_selection(orig_thread, orig_frame)
         if missing:
             self._warn_missing_registers(missing, len(out) + len(missing))
         return out
@@ -834,13 +839,7 @@ class GdbTarget(Target):
                     level += 1
                 break
         finally:
-            try:
-                if orig_thread is not None and orig_thread.is_valid():
-                    orig_thread.switch()
-                if orig_frame is not None and orig_frame.is_valid():
-                    orig_frame.select()
-            except (gdb.error, SystemError, RuntimeError):
-                pass
+            _restore_selection(orig_thread, orig_frame)
         return out or None
 
     def symbol_at(self, addr: int):
