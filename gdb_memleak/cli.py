@@ -12,7 +12,8 @@ import os
 import sys
 import traceback
 
-from .core.command import ArgParser, Context, HelpShown, by_name, parse_int
+from .core.commands import by_name
+from .core.commands.base import ArgParser, Context, HelpShown, parse_int
 from .core.errors import DependencyError, Interrupted, MemleakError, UsageError
 from .core.settings import Settings
 from .core.textparse import parse_size
@@ -128,9 +129,9 @@ def main(argv=None) -> int:
 
         def make_target():
             if ns.vgdb_pid:
-                from .core.proctarget import VgdbProcessTarget
+                from .core.memory.proctarget import VgdbProcessTarget
                 return VgdbProcessTarget(ns.vgdb_pid)
-            from .core.elfcore import CoreTarget
+            from .core.memory.elfcore import CoreTarget
             t = CoreTarget(ns.core, exe=ns.exe, sysroot=ns.sysroot, allow_truncated=ns.allow_truncated)
             t.check_executable()
             t.debug_dirs = ns.debug_dir

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from conftest import FIXTURES, GDBINIT, ROOT, Running, build, load_json, run_cli
-from gdb_memleak.core.dwarf import (DwarfFile, canonical, clear_cache, debuglink, expand_std_abbreviations,
+from gdb_memleak.core.memory.dwarf import (DwarfFile, canonical, clear_cache, debuglink, expand_std_abbreviations,
                                     find_debug_files, split_scopes)
-from gdb_memleak.core.modules import file_build_id
+from gdb_memleak.core.memory.modules import file_build_id
 
 VARIANTS = ("pie", "nopie", "m32", "leaks", "sepdebug")
 CENSUS_FLAGS = {"pie": [], "nopie": ["-no-pie"], "m32": ["-m32"], "sepdebug": []}
@@ -172,7 +172,7 @@ def test_damaged_debug_info_never_raises(dwarf_target, tmp_path):
     variant, exe, core, debug_dir = dwarf_target
     if variant != "pie":
         pytest.skip("one damaged copy is enough")
-    from gdb_memleak.core.symbols import _section_headers
+    from gdb_memleak.core.memory.symbols import _section_headers
     import mmap
     names = ["Single", "ns1::ns2::Namespaced", "Tmpl<int>", "Keep", "Multi", "Nope"]
     good = DwarfFile(exe)
@@ -256,7 +256,7 @@ def test_spellings_equal_gdb_lookup_type(flags, tmp_path):
     pointer, function and member types, enums, chars, negative numbers, anonymous and inline
     namespaces, nested, local and lambda classes): our size is gdb's lookup_type size."""
     import json
-    from gdb_memleak.core.symbols import demangle_type, symbols_with_prefix
+    from gdb_memleak.core.memory.symbols import demangle_type, symbols_with_prefix
     src = tmp_path / "spell.cpp"
     src.write_text(SPELLINGS_CPP)
     exe = str(tmp_path / "spell")

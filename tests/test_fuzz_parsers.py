@@ -25,7 +25,7 @@ from hypothesis import strategies as st  # noqa: E402
 from conftest import ROOT, Running  # noqa: E402
 from test_badcore import Layout  # noqa: E402
 
-from gdb_memleak.core.elfcore import CoreFile, CoreTarget  # noqa: E402
+from gdb_memleak.core.memory.elfcore import CoreFile, CoreTarget  # noqa: E402
 from gdb_memleak.core.errors import MemleakError  # noqa: E402
 from gdb_memleak.core import textparse, vgdb  # noqa: E402
 

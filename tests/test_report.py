@@ -297,8 +297,9 @@ def test_html_without_its_libraries_is_a_dependency_error(fixture_core, tmp_path
 def test_report_without_a_heap_and_hostile_names(fixture_core, monkeypatch):
     """No glibc heap: maps and threads still make a whole report.  Names from the target (a
     mapping's path, a class) cannot break out of the page: escaped in HTML and in the charts' JSON."""
-    from gdb_memleak.core import cmd_report, heap
-    from gdb_memleak.core.elfcore import CoreTarget
+    from gdb_memleak.core import heap
+    from gdb_memleak.core.commands import report as cmd_report
+    from gdb_memleak.core.memory.elfcore import CoreTarget
     from gdb_memleak.core.report.html import render_html
     from gdb_memleak.core.report.text import render_text
     exe, core, _truth, _d = fixture_core

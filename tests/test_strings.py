@@ -8,7 +8,7 @@ import pytest
 
 from conftest import Running, build, load_json, run_cli, run_gdb
 from gdb_memleak.core import strings as S
-from gdb_memleak.core.target import FakeTarget, Region
+from gdb_memleak.core.memory.target import FakeTarget, Region
 
 HIST = "channelid=([0-9]+);"
 

@@ -5,8 +5,8 @@ import pytest
 
 from gdb_memleak.core.errors import MemoryReadError
 from gdb_memleak.core.maps import classify, heap_max_size
-from gdb_memleak.core.progress import iter_chunks, map_chunks
-from gdb_memleak.core.target import AT_RANDOM, FakeTarget, Region, ThreadInfo
+from gdb_memleak.core.memory.stream import iter_chunks, map_chunks
+from gdb_memleak.core.memory.target import AT_RANDOM, FakeTarget, Region, ThreadInfo
 from gdb_memleak.core.textparse import (human_size, parse_core_path_from_info_target, parse_info_auxv,
                                         parse_info_proc_mappings, parse_size, parse_smaps)
 

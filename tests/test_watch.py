@@ -15,7 +15,7 @@ import pytest
 
 from conftest import PY, ROOT, Running, build
 from gdb_memleak.core import watch
-from gdb_memleak.core.modules import file_build_id
+from gdb_memleak.core.memory.modules import file_build_id
 from gdb_memleak.core.textparse import parse_smaps as slow_parse_smaps
 
 CODE = "import sys; from gdb_memleak.core.watch import main; sys.exit(main(sys.argv[1:]))"

@@ -9,8 +9,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .heap import Heap
-from .progress import Progress, map_chunks
-from .target import Target
+from .memory.stream import Progress, map_chunks
+from .memory.target import Target
 from .vtables import VtableIndex
 
 CHUNK = 1 << 20   # fits in L2 with the prefilter's scratch

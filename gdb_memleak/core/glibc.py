@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import MemoryReadError
-from .target import Target
+from .memory.target import Target
 
 NBINS = 128
 TCACHE_BINS = 64

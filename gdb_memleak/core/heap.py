@@ -23,7 +23,7 @@ from .errors import MemoryReadError
 from .glibc import (IS_MMAPPED, PREV_INUSE, TCACHE_BINS, Arena, Finding, Findings, GlibcModel, Layout,
                     malloc_alignment)
 from .maps import Mapping, classify, glibc_model, main_heap_first_chunk, mapping_at
-from .target import Target
+from .memory.target import Target
 
 PAGE = 4096
 FREE_BITS, FREE_TCACHE, FREE_FAST, FREE_UNKNOWN = 1, 2, 3, 4
@@ -524,7 +524,7 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
     cached = getattr(target, "_mmapped_chunks", None)
     if cached is not None:
         return cached
-    from .progress import iter_chunks
+    from .memory.stream import iter_chunks
     ps = target.pointer_size
     dt = np.dtype(("<" if target.byteorder == "little" else ">") + ("u8" if ps == 8 else "u4"))
     per_page = PAGE // ps

@@ -24,8 +24,8 @@ import numpy as np
 
 from .heap import Heap
 from .maps import Mapping, mapping_at
-from .progress import Progress, iter_chunks
-from .target import Target
+from .memory.stream import Progress, iter_chunks
+from .memory.target import Target
 
 CHUNK = 4 << 20
 WIDE = 256                   # frontier size from which a marking step runs vectorised

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from .errors import MemoryReadError
-from .target import AT_EXECFN, AT_RANDOM, AT_SYSINFO_EHDR, Region, Target
+from .memory.target import AT_EXECFN, AT_RANDOM, AT_SYSINFO_EHDR, Region, Target
 
 KINDS = ("heap", "arena", "anon", "stack", "thread-stack", "tls", "guard", "shm", "file",
          "vdso", "vvar", "vsyscall")

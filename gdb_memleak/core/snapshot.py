@@ -24,7 +24,7 @@ def identity(target) -> dict:
 
 def take(target, strings=(), progress_sink=None) -> dict:
     """The snapshot document of ``target``; ``strings`` are REGEX texts (one group each)."""
-    from .cmd_heap import arena_summaries
+    from .commands.heap import arena_summaries
     from .heap import walk_heap
     from .maps import classify
     from .threads import analyze_threads
@@ -50,7 +50,7 @@ def take(target, strings=(), progress_sink=None) -> dict:
     doc["orphan_stacks"] = [{"start": hex(o.mapping.start), "end": hex(o.mapping.end), "size": o.mapping.size,
                              "reason": o.reason} for o in rep.orphans]
     if strings:
-        from .cmd_strings import _compile
+        from .commands.strings import _compile
         from .strings import scan_strings
         ranges = sorted(s.scan_range(target.pointer_size) for s in heap.segments) if heap is not None else []
         doc["strings"] = {}

@@ -17,8 +17,8 @@ from typing import List, Optional, Pattern, Tuple
 
 import numpy as np
 
-from .progress import Progress, iter_chunks
-from .target import Target
+from .memory.stream import Progress, iter_chunks
+from .memory.target import Target
 
 CHUNK = 4 << 20
 MAX_LEN = 4096

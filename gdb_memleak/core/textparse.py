@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Dict, List, Optional
 
 from .errors import UsageError
-from .target import Region
+from .memory.target import Region
 
 ADDR_TOP = 1 << 64
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import MemoryReadError
 from .maps import Mapping, mapping_at
-from .target import Target, ThreadInfo
+from .memory.target import Target, ThreadInfo
 
 TOP_SCAN = 64 << 10          # struct pthread lies within this much of a stack block's top
 MAX_RING = 100000

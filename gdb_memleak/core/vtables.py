@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import MemoryReadError
-from .symbols import demangle_type, symbols_with_prefix
-from .target import Target
+from .memory.symbols import demangle_type, symbols_with_prefix
+from .memory.target import Target
 
 TI_VTABLES = ("_ZTVN10__cxxabiv117__class_type_infoE", "_ZTVN10__cxxabiv120__si_class_type_infoE",
               "_ZTVN10__cxxabiv121__vmi_class_type_infoE")

@@ -333,7 +333,7 @@ class Watcher:
         except BaseException:
             self.close()
             raise
-        from .modules import file_build_id
+        from .memory.modules import file_build_id
         self.arena_align = 64 << 20
         try:
             with open(self.proc + "/exe", "rb") as fh:

@@ -11,8 +11,8 @@ from .errors import MemoryReadError
 from .vocabulary import article
 from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, FREE_UNKNOWN, STATE_TEXT, walk_heap
 from .maps import Mapping, classify, mapping_at
-from .modules import format_symbol, module_at, symbolize
-from .target import Target
+from .memory.modules import format_symbol, module_at, symbolize
+from .memory.target import Target
 from .textparse import human_size
 
 FREE_TEXT = {FREE_BITS: "free (in a bin: next chunk's PREV_INUSE is clear)", FREE_TCACHE: "free (tcache)",

@@ -8,7 +8,8 @@ from typing import Optional
 
 import gdb
 
-from ..core.command import Context, HelpShown, registry
+from ..core.commands import registry
+from ..core.commands.base import Context, HelpShown
 from ..core.errors import Interrupted, MemleakError
 from ..core.settings import Settings
 from ..core.textparse import human_size, parse_size

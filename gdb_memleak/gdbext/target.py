@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import gdb  # noqa: F401  (this package is the gdb adapter)
 
 from ..core.errors import MemoryReadError, TargetError
-from ..core.target import Region, Target, ThreadInfo
+from ..core.memory.target import Region, Target, ThreadInfo
 from ..core.textparse import (human_size, parse_core_path_from_info_target, parse_info_auxv,
                               parse_info_proc_mappings, parse_smaps)
 
@@ -285,7 +285,7 @@ def core_not_loaded_message(path: str) -> str:
         return ("gdb could not load the core %s (truncated? %d bytes, headers need %d): use "
                 "'python -m gdb_memleak --core %s --allow-truncated' for what is readable" % (path, size, need, path))
     try:
-        from ..core.elfcore import CoreFile
+        from ..core.memory.elfcore import CoreFile
         CoreFile(path, allow_truncated=True).close()
     except TargetError as e:
         return "gdb could not load the core %s: %s" % (path, e)
@@ -411,7 +411,7 @@ class GdbTarget(Target):
             self.core_path = parse_core_path_from_info_target(_execute("info target"))
             if self.core_path:
                 _CORES[self.inferior.num] = self.core_path
-                from ..core.elfcore import CoreFile
+                from ..core.memory.elfcore import CoreFile
                 self._corefile = CoreFile(self.core_path, allow_truncated=True)
                 self._check_core_arch()
                 problems = getattr(self._corefile, "problems", None)
@@ -732,7 +732,7 @@ class GdbTarget(Target):
                 "; ".join(reasons[:2])))
 
     def monitor(self, command: str) -> str:
-        from ..core.target import VGDB_HINT
+        from ..core.memory.target import VGDB_HINT
         if self.kind != "remote":
             raise TargetError(VGDB_HINT)
         if not getattr(self, "_valgrind_checked", False):
@@ -865,7 +865,7 @@ class GdbTarget(Target):
     def _has_dwarf(self, module: str) -> bool:
         """Whether gdb has DWARF for the module named ``module``: in its file or in a separate
         debug file gdb loaded for it (an objfile whose owner is the module's).  Unknown: True."""
-        from ..core.symbols import has_debug_info
+        from ..core.memory.symbols import has_debug_info
         objs = [o for o in gdb.objfiles() if o.is_valid() and o.filename
                 and os.path.basename(o.filename) == module]
         if not objs:

@@ -32,5 +32,5 @@ def signed_size(n) -> str:
 def hex_ascii(hexbytes, n: int = 16) -> str:
     if hexbytes is None:
         return "(unreadable)"
-    from ..cmd_leaks import hex_ascii as _hx
+    from ..commands.leaks import hex_ascii as _hx
     return _hx(bytes.fromhex(hexbytes)[:n])

@@ -10,7 +10,7 @@ import stat
 import struct
 from typing import Dict, List, Optional, Tuple
 
-from .errors import MemoryReadError, TargetError
+from ..errors import MemoryReadError, TargetError
 from .target import AT_PHDR, Module, Target
 
 PT_LOAD, PT_NOTE = 1, 4

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .errors import MemoryReadError
+from ..errors import MemoryReadError
 
 PAGE = 4096
 
@@ -179,17 +179,17 @@ class Target:
 
     def monitor(self, command: str) -> str:
         """Run a valgrind gdbserver monitor command and return its text output."""
-        from .errors import TargetError
+        from ..errors import TargetError
         raise TargetError(VGDB_HINT)
 
     def continue_to(self, location: str) -> bool:
         """Resume until LOCATION is reached (a breakpoint); False when the program ended."""
-        from .errors import UsageError
+        from ..errors import UsageError
         raise UsageError("--breakpoint needs gdb connected to the process (inside gdb)")
 
     def on_stop(self, callback):
         """Call ``callback(target)`` at every stop of the program (gdb only)."""
-        from .errors import UsageError
+        from ..errors import UsageError
         raise UsageError("--every-stop needs gdb connected to the process (inside gdb)")
 
     def frames(self, thread_num: int, limit: int = 256) -> Optional[List[Tuple[int, int, int, Optional[str]]]]:

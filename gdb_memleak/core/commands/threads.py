@@ -1,13 +1,13 @@
 """memleak threads: every thread's stack and use, stacks nobody owns, and what that means."""
 from __future__ import annotations
 
-from .command import Command, add_json_argument
-from .maps import classify
-from .modules import format_symbol, symbolize
-from .render import hexaddr, table, write_json
-from .textparse import human_size
-from .vocabulary import ORPHAN_REASONS, plural
-from .threads import analyze_threads
+from .base import Command, add_json_argument
+from ..maps import classify
+from ..memory.modules import format_symbol, symbolize
+from ..render import hexaddr, table, write_json
+from ..textparse import human_size
+from ..vocabulary import ORPHAN_REASONS, plural
+from ..threads import analyze_threads
 
 REASON_TEXT = ORPHAN_REASONS
 

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 from typing import List
 
-from .errors import DependencyError, MemoryReadError, TargetError
+from ..errors import DependencyError, MemoryReadError, TargetError
 from .target import Region, Target
-from .textparse import parse_smaps
+from ..textparse import parse_smaps
 
 
 class VgdbProcessTarget(Target):

@@ -7,11 +7,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .command import Command, add_json_argument
-from .heap import FREE_BITS, FREE_FAST, FREE_TCACHE, FREE_UNKNOWN, require_heap
-from .maps import classify
-from .render import table, write_json
-from .textparse import human_size
+from .base import Command, add_json_argument
+from ..heap import FREE_BITS, FREE_FAST, FREE_TCACHE, FREE_UNKNOWN, require_heap
+from ..maps import classify
+from ..render import table, write_json
+from ..textparse import human_size
 
 SIZE_CLASSES = [32, 64, 128, 256, 512, 1024, 4096, 16384, 65536, 131072, 1 << 20, 1 << 62]
 ACCOUNT_ROWS = (("main_heap", "main heap"), ("arena_heaps", "arena heaps"), ("mmapped_chunks", "mmapped chunks"),

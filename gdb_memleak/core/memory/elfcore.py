@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .errors import MemoryReadError, TargetError
+from ..errors import MemoryReadError, TargetError
 from .modules import (ET_DYN, ET_EXEC, ET_NAMES, elf_ident, file_build_id, is_regular_file,
                       machine_name, open_regular, parse_elf_header)
 from .target import AT_PHDR, Region, Target, ThreadInfo

@@ -1,11 +1,11 @@
 """memleak maps: every mapping, classified."""
 from __future__ import annotations
 
-from .command import Command, add_json_argument
-from .errors import UsageError
-from .maps import KINDS, classify, select, totals
-from .render import table, write_json
-from .textparse import human_size, parse_size
+from .base import Command, add_json_argument
+from ..errors import UsageError
+from ..maps import KINDS, classify, select, totals
+from ..render import table, write_json
+from ..textparse import human_size, parse_size
 
 
 # "heap" is all memory malloc owns, in every command: the main heap and every arena heap; the

@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 
-from .command import Command, add_json_argument
-from .errors import MemoryReadError, TargetError, UsageError
-from .render import table, write_json
-from .textparse import human_size
-from .vocabulary import NO_CLASS
-from .vgdb import parse_block_list, parse_leak_check, parse_who_points_at, timeline
+from .base import Command, add_json_argument
+from ..errors import MemoryReadError, TargetError, UsageError
+from ..render import table, write_json
+from ..textparse import human_size
+from ..vocabulary import NO_CLASS
+from ..vgdb import parse_block_list, parse_leak_check, parse_who_points_at, timeline
 
 KIND_NAMES = ("definite", "indirect", "possible", "reachable")
 MODES = ("any", "increased", "changed", "new")
@@ -119,7 +119,7 @@ def _parse_record_range(text: str):
 
 def class_of_blocks(target, addresses):
     """Class name (vptr at the block's start) per address, None when there is none."""
-    from .vtables import build_index
+    from ..vtables import build_index
     idx = build_index(target)
     words = []
     for a in addresses:

@@ -4,14 +4,14 @@ from __future__ import annotations
 import re
 import time
 
-from .command import Command, add_json_argument, add_scan_arguments, scan_ranges
-from .errors import MemleakError, UsageError
-from .heap import walk_heap
-from .maps import classify
-from .progress import Progress
-from .render import table, write_json
-from .textparse import human_size
-from .vtables import build_index
+from .base import Command, add_json_argument, add_scan_arguments, scan_ranges
+from ..errors import MemleakError, UsageError
+from ..heap import walk_heap
+from ..maps import classify
+from ..memory.stream import Progress
+from ..render import table, write_json
+from ..textparse import human_size
+from ..vtables import build_index
 
 
 class CensusCommand(Command):
@@ -48,7 +48,7 @@ class CensusCommand(Command):
         setup = time.monotonic() - t0
         total = sum(e - s for s, e in ranges)
         prog = Progress("vtable-census", total, ctx.progress_sink())
-        from .census import census
+        from ..census import census
         res = census(t, index, ranges, heap if args.at_chunk_start else None, args.examples, prog, maps)
         prog.finish()
         elapsed = time.monotonic() - t0

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
-from .command import Command, add_json_argument
-from .errors import MemleakError, UsageError
-from .render import table, write_json
-from .snapshot import diff, take
-from .textparse import human_size
+from .base import Command, add_json_argument
+from ..errors import MemleakError, UsageError
+from ..render import table, write_json
+from ..snapshot import diff, take
+from ..textparse import human_size
 
 
 def _signed(n) -> str:

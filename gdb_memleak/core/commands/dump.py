@@ -5,14 +5,14 @@ import datetime
 import hashlib
 import os
 
-from .cmd_maps import parse_kinds
-from .command import Command, add_range_arguments, clip_range, resolve_range
-from .errors import MemleakError, UsageError
-from .files import FileSet, WriteError, write_all
-from .maps import ANON_KINDS, classify
-from .progress import Progress, iter_chunks
-from .render import table, write_json
-from .textparse import human_size
+from .maps import parse_kinds
+from .base import Command, add_range_arguments, clip_range, resolve_range
+from ..errors import MemleakError, UsageError
+from ..files import FileSet, WriteError, write_all
+from ..maps import ANON_KINDS, classify
+from ..memory.stream import Progress, iter_chunks
+from ..render import table, write_json
+from ..textparse import human_size
 
 CHUNK = 4 << 20
 

@@ -252,7 +252,7 @@ def split_scopes(name: str) -> Optional[List[str]]:
 
 def _open_map(path: str):
     """A read-only mmap of a regular file (never opens a FIFO or a device); None if impossible."""
-    from .errors import TargetError
+    from ..errors import TargetError
     from .modules import open_regular
     try:
         fh, size = open_regular(path, "debug file")

@@ -17,10 +17,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .command import Command
-from .errors import MemleakError, UsageError
-from .textparse import human_size
-from .vocabulary import NO_CLASS, ORPHAN_REASONS, plural
+from .base import Command
+from ..errors import MemleakError, UsageError
+from ..textparse import human_size
+from ..vocabulary import NO_CLASS, ORPHAN_REASONS, plural
 
 SCHEMA = "gdb_memleak.report/1"
 # writable memory that is no process memory of its own (the kernel's pages, shared files)
@@ -36,10 +36,10 @@ KIND_LABELS = OrderedDict([
 def collect(target, show: int = 5, baseline: Optional[dict] = None, baseline_name: str = "baseline",
             progress_sink=None, warn=None) -> dict:
     """The report document of ``target``: every section as plain JSON-able data."""
-    from .maps import classify, totals
-    from .heap import walk_heap
-    from .snapshot import identity
-    from .threads import analyze_threads
+    from ..maps import classify, totals
+    from ..heap import walk_heap
+    from ..snapshot import identity
+    from ..threads import analyze_threads
     t0 = time.monotonic()
     maps = classify(target)
     doc = OrderedDict()
@@ -57,7 +57,7 @@ def collect(target, show: int = 5, baseline: Optional[dict] = None, baseline_nam
         heap = None
     index = res = None
     if heap is not None:
-        from .vtables import build_index
+        from ..vtables import build_index
         index = build_index(target)
         for w in index.warnings:
             if warn:
@@ -72,7 +72,7 @@ def collect(target, show: int = 5, baseline: Optional[dict] = None, baseline_nam
     doc["classes"] = class_table(doc["census"], doc["leaks"])
     doc["growth"] = None
     if baseline is not None:
-        from .snapshot import diff, take
+        from ..snapshot import diff, take
         now = take(target, _baseline_strings(baseline), progress_sink)
         doc["growth"] = diff(baseline, now, baseline_name, "now")
     doc["findings"] = findings(doc)
@@ -86,8 +86,8 @@ def _baseline_strings(baseline: dict) -> List[str]:
 
 
 def _find_leaks(target, maps, heap, rep, progress_sink):
-    from .cmd_leaks import STALE_TEXT
-    from .leaks import find_leaks
+    from .leaks import STALE_TEXT
+    from ..leaks import find_leaks
     orphans = {o.mapping.start: (o.reason, o.pthread.address if o.pthread else None) for o in rep.orphans}
 
     def stale_reason(m):
@@ -98,7 +98,7 @@ def _find_leaks(target, maps, heap, rep, progress_sink):
 
 
 def _threads_section(target, rep) -> dict:
-    from .cmd_threads import frame0_function
+    from .threads import frame0_function
     threads = []
     for ts in rep.threads:
         th, m = ts.thread, ts.mapping
@@ -117,7 +117,7 @@ def _threads_section(target, rep) -> dict:
 
 
 def _heap_section(heap) -> dict:
-    from .cmd_heap import _histogram, arena_summaries
+    from .heap import _histogram, arena_summaries
     model = heap.model
     mm = heap.mmapped if heap.mmapped is not None else np.zeros(len(heap.addr), dtype=bool)
     used = heap.inuse
@@ -137,8 +137,8 @@ def _heap_section(heap) -> dict:
 
 def _census_section(target, maps, heap, index, show) -> dict:
     """vtable-census --heap --at-chunk-start, every class."""
-    from .census import census
-    from .heap import heap_ranges
+    from ..census import census
+    from ..heap import heap_ranges
     if not len(index.points):
         return {"classes": [], "scanned_bytes": 0, "skipped": [],
                 "note": "no C++ vtables found in any module (no symbols, no RTTI)"}
@@ -159,7 +159,7 @@ def _census_section(target, maps, heap, index, show) -> dict:
 
 def _leaks_section(target, heap, res, index, show) -> dict:
     """What `memleak leaks` reports (one implementation: cmd_leaks.leak_summary)."""
-    from .cmd_leaks import leak_summary
+    from .leaks import leak_summary
     return leak_summary(target, heap, res, index, show)
 
 def _writable(m) -> bool:
@@ -240,7 +240,7 @@ def memory_tree(maps, heap, res, index, rep, top: int = 8) -> dict:
     root = add("all", "", "writable memory", kind="root")
     groups = per_group = None
     if heap is not None:
-        from .cmd_heap import arena_summaries
+        from .heap import arena_summaries
         groups, per_group = _class_bytes_per_group(heap, res, index)
         summaries = arena_summaries(heap)
 
@@ -426,7 +426,7 @@ def findings(doc: dict) -> List[dict]:
 # -- the command --------------------------------------------------------------------------------
 
 def _load_baseline(path: str) -> dict:
-    from .snapshot import load_kind
+    from ..snapshot import load_kind
     try:
         with open(path) as fh:
             doc = json.load(fh)
@@ -461,16 +461,16 @@ class ReportCommand(Command):
             raise UsageError("--top takes a count >= 1, --show a count >= 0")
         baseline = _load_baseline(args.baseline) if args.baseline else None
         if args.html:
-            from .report.html import check_dependencies
+            from ..report.html import check_dependencies
             check_dependencies()          # before minutes of analysis, not after
         doc = collect(ctx.target, args.show, baseline, args.baseline or "baseline", ctx.progress_sink(), ctx.warn)
-        from .report.text import render_text
+        from ..report.text import render_text
         if args.json:
-            from .render import write_json
+            from ..render import write_json
             write_json(args.json, doc)
         if args.html:
-            from .files import write_file
-            from .report.html import render_html
+            from ..files import write_file
+            from ..report.html import render_html
             page = render_html(doc, args.top)
             write_file(args.html, page.encode("utf-8"))
             ctx.write("report written to %s (%s): %s\n" % (args.html, human_size(len(page.encode("utf-8"))),

@@ -1,14 +1,14 @@
-"""The command layer shared by gdb and the offline CLI: argument parsing that never exits,
-the run context, and the registry of subcommands.  Each subcommand is written once here
-(over a Target) and exposed by both front ends."""
+"""The base of the command layer shared by gdb and the offline CLI: argument parsing that
+never exits, the run context, and the Command class every subcommand derives from.  The
+registry of subcommands is the package (``commands/__init__.py``)."""
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Optional
 
-from .errors import UsageError
-from .settings import Settings
-from .target import Target
+from ..errors import UsageError
+from ..settings import Settings
+from ..memory.target import Target
 
 
 class HelpShown(Exception):
@@ -112,20 +112,6 @@ class Command:
         return "\n".join(parts)
 
 
-def registry() -> List[Command]:
-    from . import (cmd_census, cmd_dump, cmd_heap, cmd_leaks, cmd_maps, cmd_report, cmd_snapshot, cmd_strings,
-                   cmd_threads, cmd_vgdb, cmd_whatis)
-    return [cmd_maps.MapsCommand(), cmd_dump.DumpCommand(), cmd_census.CensusCommand(), cmd_heap.HeapCommand(),
-            cmd_leaks.LeaksCommand(), cmd_threads.ThreadsCommand(), cmd_whatis.WhatisCommand(),
-            cmd_strings.StringsCommand(), cmd_snapshot.SnapshotCommand(), cmd_snapshot.DiffCommand(),
-            cmd_vgdb.VgdbLeakCheck(), cmd_vgdb.VgdbBlocks(), cmd_vgdb.VgdbWhoPointsAt(), cmd_vgdb.VgdbWatch(),
-            cmd_report.ReportCommand()]
-
-
-def by_name() -> Dict[str, Command]:
-    return {c.name: c for c in registry()}
-
-
 def add_json_argument(p: ArgParser):
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
 
@@ -158,7 +144,7 @@ def clip_range(rng, maps):
     start, end = rng
     out = [(max(start, m.start), min(end, m.end), m) for m in maps if m.start < end and start < m.end]
     if not out:
-        from .errors import MemleakError
+        from ..errors import MemleakError
         raise MemleakError("0x%x-0x%x is not mapped in the target: not one byte of it (see 'memleak maps')" % (start, end))
     return out
 
@@ -182,7 +168,7 @@ def scan_ranges(ctx: Context, args, maps):
         # only the mapped parts are read: unmapped space costs nothing
         return [(a, b) for a, b, _m in clip_range(rng, maps)], {"start": hex(rng[0]), "end": hex(rng[1])}
     if args.heap:
-        from .heap import heap_ranges
+        from ..heap import heap_ranges
         ranges, label = heap_ranges(ctx.target, maps), {"heap": True}
     elif args.anon:
         ranges = [(m.start, m.end) for m in maps if m.kind in ("heap", "arena", "anon") and "w" in m.perms[:3]]
@@ -191,6 +177,6 @@ def scan_ranges(ctx: Context, args, maps):
         ranges = [(m.start, m.end) for m in maps if "w" in m.perms[:3] and m.kind not in ("vvar",)]
         label = {"all": True}
     if not ranges:
-        from .errors import MemleakError
+        from ..errors import MemleakError
         raise MemleakError("nothing to scan: no mapping of that kind")
     return ranges, label

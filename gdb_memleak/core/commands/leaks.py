@@ -5,15 +5,15 @@ import time
 
 import numpy as np
 
-from .command import Command, add_json_argument
-from .errors import UsageError
-from .heap import require_heap
-from .leaks import find_leaks
-from .maps import classify
-from .render import table, write_json, write_text
-from .textparse import human_size
-from .vocabulary import NO_CLASS, ORPHAN_REASONS
-from .vtables import build_index
+from .base import Command, add_json_argument
+from ..errors import UsageError
+from ..heap import require_heap
+from ..leaks import find_leaks
+from ..maps import classify
+from ..render import table, write_json, write_text
+from ..textparse import human_size
+from ..vocabulary import NO_CLASS, ORPHAN_REASONS
+from ..vtables import build_index
 
 STALE_TEXT = {k: "orphan stack (%s)" % v for k, v in ORPHAN_REASONS.items()}
 STALE_TEXT["no-registers"] = "stack of " + ORPHAN_REASONS["no-registers"]     # a root: the thread lives
@@ -97,7 +97,7 @@ class LeaksCommand(Command):
         def stale_reason(m):
             """(why, where glibc's struct pthread starts) for a stack no live thread owns."""
             if not orphans:
-                from .threads import analyze_threads
+                from ..threads import analyze_threads
                 orphans.update({o.mapping.start: (o.reason, o.pthread.address if o.pthread else None)
                                 for o in analyze_threads(t, maps).orphans})
                 orphans.setdefault(None, (None, None))

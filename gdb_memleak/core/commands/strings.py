@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import time
 
-from .command import Command, add_json_argument, add_scan_arguments, scan_ranges
-from .errors import UsageError
-from .maps import classify
-from .progress import Progress
-from .render import table, write_json
-from .strings import MAX_LEN, scan_strings
-from .textparse import human_size
+from .base import Command, add_json_argument, add_scan_arguments, scan_ranges
+from ..errors import UsageError
+from ..maps import classify
+from ..memory.stream import Progress
+from ..render import table, write_json
+from ..strings import MAX_LEN, scan_strings
+from ..textparse import human_size
 
 
 def _compile(text, what, groups=None):
@@ -65,7 +65,7 @@ class StringsCommand(Command):
         ranges, label = scan_ranges(ctx, args, maps)
         heap = None
         if args.in_use:
-            from .heap import walk_heap
+            from ..heap import walk_heap
             heap = walk_heap(t, maps)
             ranges = sorted(s.scan_range(t.pointer_size) for s in heap.segments)
         total = sum(b - a for a, b in ranges)

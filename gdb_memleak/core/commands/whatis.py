@@ -2,10 +2,10 @@
 class, symbol, code around it)."""
 from __future__ import annotations
 
-from .command import Command, add_json_argument
-from .errors import MemleakError, UsageError
-from .render import write_json
-from .whatis import whatis
+from .base import Command, add_json_argument
+from ..errors import MemleakError, UsageError
+from ..render import write_json
+from ..whatis import whatis
 
 
 class WhatisCommand(Command):

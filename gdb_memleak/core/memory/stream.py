@@ -48,7 +48,7 @@ def iter_chunks(target: Target, start: int, end: int, chunk: int = 4 << 20, prog
     appended to ``skipped`` as (start, end, reason) with adjacent holes merged.  With ``buf`` (at
     least ``chunk`` bytes) whole chunks are read into it and yielded as views of it: the consumer
     must be done with one before asking for the next."""
-    from .errors import MemoryReadError
+    from ..errors import MemoryReadError
     page = 4096
     view = memoryview(buf) if buf is not None else None
     addr = start
