@@ -9,7 +9,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .heap import Heap
-from .memory.stream import Progress, map_chunks
+from .memory.stream import map_chunks
+from .progress import Progress
 from .memory.target import Target
 from .vtables import VtableIndex
 

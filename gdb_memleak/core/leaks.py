@@ -24,7 +24,8 @@ import numpy as np
 
 from .heap import Heap
 from .maps import Mapping, mapping_at
-from .memory.stream import Progress, iter_chunks
+from .memory.stream import iter_chunks
+from .progress import Progress
 from .memory.target import Target
 
 CHUNK = 4 << 20

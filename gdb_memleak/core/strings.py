@@ -17,7 +17,8 @@ from typing import List, Optional, Pattern, Tuple
 
 import numpy as np
 
-from .memory.stream import Progress, iter_chunks
+from .memory.stream import iter_chunks
+from .progress import Progress
 from .memory.target import Target
 
 CHUNK = 4 << 20

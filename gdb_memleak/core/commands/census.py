@@ -8,7 +8,7 @@ from .base import Command, add_json_argument, add_scan_arguments, scan_ranges
 from ..errors import MemleakError, UsageError
 from ..heap import walk_heap
 from ..maps import classify
-from ..memory.stream import Progress
+from ..progress import Progress
 from ..render import table, write_json
 from ..textparse import human_size
 from ..vtables import build_index

@@ -10,7 +10,8 @@ from .base import Command, add_range_arguments, clip_range, resolve_range
 from ..errors import MemleakError, UsageError
 from ..files import FileSet, WriteError, write_all
 from ..maps import ANON_KINDS, classify
-from ..memory.stream import Progress, iter_chunks
+from ..memory.stream import iter_chunks
+from ..progress import Progress
 from ..render import table, write_json
 from ..textparse import human_size
 

@@ -8,7 +8,7 @@ import time
 from .base import Command, add_json_argument, add_scan_arguments, scan_ranges
 from ..errors import UsageError
 from ..maps import classify
-from ..memory.stream import Progress
+from ..progress import Progress
 from ..render import table, write_json
 from ..strings import MAX_LEN, scan_strings
 from ..textparse import human_size

@@ -1,45 +1,15 @@
-"""Progress on long work: silent for the first ~2 s, then a line about every second."""
+"""Streaming reads: a target's memory in large chunks, in order or over scan threads, with
+unreadable pages skipped and reported."""
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import deque
 from itertools import islice
-from typing import Callable, Optional
+from typing import Optional
 
+from ..progress import Progress
 from .target import Target
-
-
-class Progress:
-    def __init__(self, label: str, total: int, sink: Optional[Callable[[str], None]], delay: float = 2.0):
-        self.label = label
-        self.total = max(1, total)
-        self.sink = sink
-        self.done = 0
-        self.t0 = time.monotonic()
-        self.delay = delay
-        self._last = self.t0
-        self._shown = False
-
-    def advance(self, n: int):
-        self.done += n
-        if self.sink is None:
-            return
-        now = time.monotonic()
-        if now - self.t0 >= self.delay and now - self._last >= 1.0:
-            self._last = now
-            self._shown = True
-            rate = self.done / max(now - self.t0, 1e-9) / 1e6
-            self.sink("%s: %d%% (%.0f MB/s)" % (self.label, 100 * self.done // self.total, rate))
-
-    def finish(self):
-        if self._shown and self.sink is not None:
-            self.sink("%s: done in %.1f s" % (self.label, time.monotonic() - self.t0))
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.t0
 
 
 def iter_chunks(target: Target, start: int, end: int, chunk: int = 4 << 20, progress: Optional[Progress] = None,
@@ -67,7 +37,7 @@ def iter_chunks(target: Target, start: int, end: int, chunk: int = 4 << 20, prog
             while a < addr + n:
                 step = min(page - (a % page), addr + n - a)
                 try:
-                    data = target.read(a, step)
+                    target.read(a, step)
                 except MemoryReadError as e:
                     if skipped is not None:
                         if skipped and skipped[-1][1] == a:
@@ -78,7 +48,6 @@ def iter_chunks(target: Target, start: int, end: int, chunk: int = 4 << 20, prog
                         yield run_start, target.read(run_start, a - run_start)
                         run_start = None
                 else:
-                    del data
                     if run_start is None:
                         run_start = a
                 a += step
