@@ -16,7 +16,7 @@ def test_dump_default_regions_match_gdb(maps64, tmp_path):
     assert r.returncode == 0, r.stderr
     man = load_json(out / "manifest.json")
     kinds = {e["kind"] for e in man["regions"]}
-    assert kinds == {"heap", "arena", "anon"}
+    assert kinds == {"main-heap", "arena-heap", "anon"}
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o700
     for e in man["regions"]:
         p = out / e["file"]

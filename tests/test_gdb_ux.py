@@ -27,11 +27,11 @@ def test_prefixes_and_show():
 def test_completion(tmp_path):
     f = tmp_path / "out-file.json"
     f.write_text("{}")
-    r = run_gdb("complete memleak maps --so", "complete memleak maps --kind thr", "complete memleak maps --kind heap,ar",
+    r = run_gdb("complete memleak maps --so", "complete memleak maps --kind thr", "complete memleak maps --kind main-heap,ar",
                 "complete memleak leaks --js", "complete memleak leaks --json %s" % str(tmp_path / "out-"),
                 "complete memleak ")
     lines = r.stdout.splitlines()
-    for want in ("memleak maps --sort", "memleak maps --kind thread-stack", "memleak maps --kind heap,arena",
+    for want in ("memleak maps --sort", "memleak maps --kind thread-stack", "memleak maps --kind main-heap,arena-heap",
                  "memleak leaks --json", "memleak leaks --json %s" % f, "memleak heap", "memleak vtable-census"):
         assert want in lines, (want, r.stdout)
     assert not any("sockaddr" in l for l in lines)

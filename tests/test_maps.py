@@ -27,9 +27,9 @@ def _find(doc, addr):
 
 def check_fixture_layout(doc, truth, live_threads_expected=True):
     """Heap and arenas classified, every thread stack owned by its LWP, guards below, libraries named."""
-    assert _find(doc, int(truth["heap_block"], 16))["kind"] == "heap"
+    assert _find(doc, int(truth["heap_block"], 16))["kind"] == "main-heap"
     for blk in truth["arena_blocks"]:
-        assert _find(doc, int(blk, 16))["kind"] == "arena"
+        assert _find(doc, int(blk, 16))["kind"] == "arena-heap"
     assert _find(doc, int(truth["anon"], 16))["kind"] == "anon"
     stacks = [m for m in doc["mappings"] if m["kind"] == "thread-stack"]
     owners = {m["owner_lwp"] for m in stacks}
@@ -106,8 +106,8 @@ def test_maps_kernel_core(workdir, tmp_path):
     check_fixture_layout(doc, run.truth)
     # the kernel names SysV segments in NT_FILE
     assert _find(doc, int(run.truth["shm"], 16))["kind"] == "shm"
-    r = run_gdb("memleak maps --kind heap,arena", exe=exe, core=core)
-    assert r.returncode == 0 and " heap " in r.stdout and " arena " in r.stdout, r.stderr
+    r = run_gdb("memleak maps --kind heap", exe=exe, core=core)
+    assert r.returncode == 0 and " main-heap " in r.stdout and " arena-heap " in r.stdout, r.stderr
 
 
 def test_maps_i386(maps32, tmp_path):

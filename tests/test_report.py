@@ -160,7 +160,7 @@ def test_report_json_matches_truth_and_is_0600(offline_report):
     for nid, ch in kids.items():
         if nid:
             assert nodes[nid]["bytes"] == sum(c["bytes"] for c in ch), nid
-    arenas = [n for n in nodes.values() if n["parent"] == "all/arena"]
+    arenas = [n for n in nodes.values() if n["parent"] == "all/arena-heap"]
     assert len(arenas) == 2
     for a in arenas:
         names = {c["label"]: c for c in kids[a["id"]]}

@@ -65,10 +65,10 @@ def test_layout(layout, swork, tmp_path):
         for a in t["arenas"]:
             for h in a["heaps"] if not a["main"] else []:
                 m = maps.get(hex(h["start"]))
-                assert m is not None and m["kind"] == "arena" and m["note"] == "arena 0x%x" % a["address"], m
+                assert m is not None and m["kind"] == "arena-heap" and m["note"] == "arena 0x%x" % a["address"], m
     if scen == "selfmap":
         m = maps.get(truth["selfmap"]["heap_start"])
-        assert m is not None and m["kind"] == "heap", (truth["selfmap"], m)
+        assert m is not None and m["kind"] == "main-heap", (truth["selfmap"], m)
     if scen in ("multiheap", "manythreads") and run == 0:
         assert disagreements(ours_gdb_core(exe, core), t) == []
 

@@ -73,7 +73,7 @@ def test_whatis(threads_target, front, tmp_path):
     assert doc["kind"] == "file" and doc["symbol"]["symbol"] == "global_counter"
     assert doc["value"] == "0x2a"
     doc, _ = _whatis(front, exe, core, run.pid, t["heap_object"], out)
-    assert doc["kind"] == "heap"
+    assert doc["kind"] == "main-heap"
     assert doc["chunk"]["user"] == t["heap_object"] and doc["chunk"]["state"] == "in use"
     doc, _ = _whatis(front, exe, core, run.pid, t["deep_local"], out)
     assert doc["kind"] == "thread-stack" and doc["thread"]["lwp"] == t["deep_lwp"]

@@ -88,7 +88,7 @@ def test_classify_shapes_without_names():
     threads = [ThreadInfo(1, 100, main_stack + 0x20000, 0), ThreadInfo(2, 101, stack + 0x7ff000, 0)]
     t = FakeTarget(segs, regions, threads, auxv={AT_RANDOM: main_stack + 0x20f00})
     got = {m.start: (m.kind, m.owner_lwp) for m in classify(t)}
-    assert got[arena] == ("arena", None) and got[arena + 0x21000][0] == "arena"
+    assert got[arena] == ("arena-heap", None) and got[arena + 0x21000][0] == "arena-heap"
     assert got[guard] == ("guard", None) and got[stack] == ("thread-stack", 101)
     assert got[orphan] == ("thread-stack", None) and got[orphan_guard][0] == "guard"
     assert got[main_stack] == ("stack", 100)
@@ -162,7 +162,7 @@ def test_map_chunks_interrupted_leaves_no_threads():
 def test_prefilter_windows_merge_only_across_code():
     from gdb_memleak.core.census import prefilter_windows
     from gdb_memleak.core.maps import Mapping
-    maps = [Mapping(0x1000, 0x2000, "r--p", "file", "/exe"), Mapping(0x5000, 0x9000, "rw-p", "heap"),
+    maps = [Mapping(0x1000, 0x2000, "r--p", "file", "/exe"), Mapping(0x5000, 0x9000, "rw-p", "main-heap"),
             Mapping(0x10000, 0x20000, "r--p", "file", "/lib1"), Mapping(0x20000, 0x21000, "rw-p", "anon"),
             Mapping(0x21000, 0x30000, "r--p", "file", "/lib2")]
     wins = [(0x1100, 0x1200), (0x10100, 0x10200), (0x21100, 0x21200)]

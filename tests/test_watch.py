@@ -270,7 +270,7 @@ def test_task_stat_comm_with_spaces_and_parens():
 
 def test_classify_is_modest():
     A = 64 << 20
-    assert watch.classify(0x1000, 0x2000, "rw-p", "[heap]", A) == ("heap", None)
+    assert watch.classify(0x1000, 0x2000, "rw-p", "[heap]", A) == ("main-heap", None)
     assert watch.classify(0x1000, 0x2000, "rw-p", "[stack]", A) == ("stack", None)
     assert watch.classify(0x1000, 0x2000, "rw-p", "[stack:77]", A) == ("thread-stack", "tid 77")
     assert watch.classify(0x1000, 0x2000, "r-xp", "/usr/lib/libc.so.6", A) == ("file", None)

@@ -48,7 +48,7 @@ def _dtype(target: Target):
 
 # mappings whose addresses are data: a prefilter window must not stretch over them, or pointers
 # into them (most words of a heap) would pass the prefilter
-_DATA_KINDS = ("heap", "arena", "stack", "thread-stack", "shm")
+_DATA_KINDS = ("main-heap", "arena-heap", "stack", "thread-stack", "shm")
 _SMALL_ANON = 1 << 20
 
 

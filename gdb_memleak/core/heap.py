@@ -321,7 +321,7 @@ class HeapWalker:
         """Fallback: the [heap] mapping by its chunk chain, arena heaps by heap_info."""
         lay = self.lay
         for m in self.maps:
-            if m.kind == "heap" and "w" in m.perms[:3] and not any(s.kind == "main" for s in self.segments):
+            if m.kind == "main-heap" and "w" in m.perms[:3] and not any(s.kind == "main" for s in self.segments):
                 first = main_heap_first_chunk(self.t, m.start, m.end)
                 if first is None:
                     self.findings.add("main-heap-unrecognised", "[heap] holds no chunk chain", m.start)
@@ -592,9 +592,9 @@ def account(target: Target, maps: List[Mapping], heap: Heap) -> dict:
         if "w" not in m.perms[:3] or m.perms.endswith("s") or m.kind in ("shm", "file", "vdso", "vvar", "vsyscall"):
             continue
         out["total"] += m.size
-        if m.kind == "heap":
+        if m.kind == "main-heap":
             out["main_heap"] += m.size
-        elif m.kind == "arena":
+        elif m.kind == "arena-heap":
             out["arena_heaps"] += m.size
         elif m.kind in ("stack", "thread-stack"):
             out["thread_stacks"] += m.size
@@ -617,7 +617,7 @@ def heap_ranges(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
     """Memory malloc owns, without walking it: main heap, arena heaps' rw parts, mmapped chunks."""
     out = []
     for m in maps:
-        if m.kind in ("heap", "arena") and "w" in m.perms[:3]:
+        if m.kind in ("main-heap", "arena-heap") and "w" in m.perms[:3]:
             out.append((m.start, m.end))
     out.extend((c, c + cs) for c, cs, _m in find_mmapped_chunks(target, maps))
     return sorted(out)

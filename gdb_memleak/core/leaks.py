@@ -123,7 +123,7 @@ def root_ranges(target: Target, maps: List[Mapping], heap: Heap, stale_stacks_as
     excluded: List[Tuple[int, int, str]] = []
     ps = target.pointer_size
     for m in maps:
-        if "w" not in m.perms[:3] or m.kind in ("heap", "arena"):
+        if "w" not in m.perms[:3] or m.kind in ("main-heap", "arena-heap"):
             continue
         owners = sps.get(m.start)
         if m.kind in ("stack", "thread-stack") or owners:

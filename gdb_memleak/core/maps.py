@@ -1,4 +1,4 @@
-"""Classify every mapping of a target: heap, arena, anon, stack, thread-stack, guard, shm, file,
+"""Classify every mapping of a target: main-heap, arena-heap, anon, stack, thread-stack, tls, guard, shm, file,
 vdso/vvar/vsyscall.  Works from names when the target has them (live) and from shape,
 adjacency, auxv and glibc's own structures when it does not (cores)."""
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Dict, List, Optional
 from .errors import MemoryReadError
 from .memory.target import AT_EXECFN, AT_RANDOM, AT_SYSINFO_EHDR, Region, Target
 
-KINDS = ("heap", "arena", "anon", "stack", "thread-stack", "tls", "guard", "shm", "file",
+KINDS = ("main-heap", "arena-heap", "anon", "stack", "thread-stack", "tls", "guard", "shm", "file",
          "vdso", "vvar", "vsyscall")
-ANON_KINDS = ("heap", "arena", "anon")
+ANON_KINDS = ("main-heap", "arena-heap", "anon")
+HEAP_KINDS = ("main-heap", "arena-heap")   # "heap" is both: all memory malloc owns
 GUARD_MAX = 1 << 20           # a guard larger than this is not a stack guard
 VSYSCALL = 0xffffffffff600000
 
@@ -69,7 +70,7 @@ def _name_kind(r: Region) -> Optional[str]:
     if not p:
         return None
     if p == "[heap]":
-        return "heap"
+        return "main-heap"
     if p == "[stack]" or p.startswith("[stack:"):
         return "stack" if p == "[stack]" else "thread-stack"
     if p == "[vdso]":
@@ -228,7 +229,7 @@ def _classify(target: Target) -> List[Mapping]:
         if m is not None and not m.path:
             m.path = "[heap]"
         if m is not None:
-            m.kind = "heap"
+            m.kind = "main-heap"
             return m
         return _main_heap_by_shape(target, out)
     model = discover(target, out, tps, main_heap)
@@ -273,7 +274,7 @@ def _main_heap_by_shape(target: Target, out: List[Mapping]) -> Optional[Mapping]
     """Fallback when main_arena is unknown: [heap] by name, else the anonymous mapping nearest
     after the executable's lowest mapping that holds a chunk chain (brk starts after the
     executable, randomised by up to 1 GiB; a static-pie's brk is elsewhere)."""
-    named = [m for m in out if m.kind == "heap"]
+    named = [m for m in out if m.kind == "main-heap"]
     if named:
         return named[0]
     exe = [mod for mod in target.modules() if mod.is_main]
@@ -284,7 +285,7 @@ def _main_heap_by_shape(target: Target, out: List[Mapping]) -> Optional[Mapping]
                    key=lambda x: (x.start >= exe_end + (1 << 30), x.start))
     for m in cands:
         if looks_like_main_heap(target, m):
-            m.kind, m.path = "heap", "[heap]"
+            m.kind, m.path = "main-heap", "[heap]"
             return m
     return None
 
@@ -300,7 +301,7 @@ def _split_heaps(out: List[Mapping], model) -> List[Mapping]:
     starts = [h for h, _ in heaps]
     res: List[Mapping] = []
     for m in out:
-        if m.path and m.path != "[heap]" or m.kind not in ("anon", "heap"):
+        if m.path and m.path != "[heap]" or m.kind not in ("anon", "main-heap"):
             res.append(m)
             continue
         i = max(bisect.bisect_right(starts, m.start) - 1, 0)
@@ -323,7 +324,7 @@ def _split_heaps(out: List[Mapping], model) -> List[Mapping]:
                             private_dirty=m.private_dirty if whole else None, offset=m.offset,
                             readable_end=m.readable_end if m.readable_end is None else min(max(m.readable_end, a), b))
             if k >= 0 and heaps[k][0] <= a < heaps[k][0] + hmax:
-                piece.kind = "arena"
+                piece.kind = "arena-heap"
                 piece.note = ("reserved" if not _writable(m) else "arena 0x%x" % heaps[k][1])
             elif not whole:
                 piece.note = "part of a merged mapping"

@@ -33,7 +33,7 @@ def take(target, strings=(), progress_sink=None) -> dict:
     doc = {"schema": SCHEMA, "time": datetime.datetime.now().isoformat(timespec="seconds"),
            "target": dict(target.describe(), **identity(target)),
            "maps": [m.to_json() for m in maps]}
-    heap = walk_heap(target, maps) if any(m.kind in ("heap", "arena", "anon") for m in maps) else None
+    heap = walk_heap(target, maps) if any(m.kind in ("main-heap", "arena-heap", "anon") for m in maps) else None
     if heap is not None and heap.segments:
         used = heap.inuse
         sizes, counts = np.unique(heap.size[used], return_counts=True)
@@ -113,7 +113,17 @@ def diff(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> dict:
     return out
 
 
+# kind names of documents written before "heap" came to mean all memory malloc owns
+_OLD_KINDS = {"heap": "main-heap", "arena": "arena-heap"}
+
+
+def _kind(m: dict) -> str:
+    return _OLD_KINDS.get(m["kind"], m["kind"])
+
+
 def _regions(ma, mb, findings):
+    ma = [dict(m, kind=_kind(m)) for m in ma]
+    mb = [dict(m, kind=_kind(m)) for m in mb]
     ka = {(_int(m["start"]), m["kind"]): m for m in ma}
     kb = {(_int(m["start"]), m["kind"]): m for m in mb}
     rows = []
@@ -161,7 +171,7 @@ def _regions(ma, mb, findings):
     grown = [r for r in rows if max(r["size_delta"], r["rss_delta"] or 0) > 0 and "w" in (r["perms"] or "")[:3]]
     if grown:
         r = grown[0]
-        what = {"arena": "arena heap", "heap": "main heap"}.get(r["kind"], r["kind"])
+        what = r["kind"].replace("-", " ")
         by = max(r["size_delta"], r["rss_delta"] or 0)
         findings.append("%s %s %s %s%s" % (what, r["start"], "appeared with" if r["change"] == "new" else "grew",
                                            human_size(by), " (RSS)" if (r["rss_delta"] or 0) > r["size_delta"] else ""))

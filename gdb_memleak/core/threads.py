@@ -232,7 +232,7 @@ def thread_pointers(target: Target, maps: List[Mapping]) -> Dict[int, int]:
         if m is not None:
             ranges.append((max(m.start, m.end - TOP_SCAN), m.end))
     for m in maps:
-        if "w" in m.perms[:3] and (m.size <= SMALL_MAPPING or m.kind == "heap") and not m.perms.endswith("s"):
+        if "w" in m.perms[:3] and (m.size <= SMALL_MAPPING or m.kind == "main-heap") and not m.perms.endswith("s"):
             ranges.append((m.start, min(m.end, m.start + SMALL_MAPPING)))
     list_off = None
     for a, b in sorted(set(ranges)):

@@ -151,7 +151,7 @@ def parse_meminfo(data: bytes) -> dict:
 
 
 def classify(start: int, end: int, perms: str, path: Optional[str], arena_align: int) -> Tuple[str, Optional[str]]:
-    """(kind, hint) of one mapping from what /proc shows, no more.  Kinds: heap, stack,
+    """(kind, hint) of one mapping from what /proc shows, no more.  Kinds: main-heap, stack,
     thread-stack, file, shm, anon, vdso, vvar, vsyscall, other."""
     if path:
         if path[0] == "/":
@@ -159,7 +159,7 @@ def classify(start: int, end: int, perms: str, path: Optional[str], arena_align:
                 return "shm", None
             return "file", ("deleted" if path.endswith(" (deleted)") else None)
         if path == "[heap]":
-            return "heap", None
+            return "main-heap", None
         if path == "[stack]":
             return "stack", None
         if path.startswith("[stack:"):

@@ -79,7 +79,7 @@ def whatis(target: Target, addr: int, maps: Optional[List[Mapping]] = None) -> d
 
     if m.kind in ("stack", "thread-stack"):
         _stack(target, maps, m, addr, out, lines)
-    elif m.kind in ("heap", "arena", "anon"):
+    elif m.kind in ("main-heap", "arena-heap", "anon"):
         _heap(target, maps, m, addr, out, lines)
     sym = symbolize(target, addr)
     if sym is not None:

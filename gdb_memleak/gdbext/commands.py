@@ -147,7 +147,7 @@ _FILE_OPTIONS = ("--json", "--addresses", "--output", "-o", "--html", "--baselin
 def _completer(cmd):
     """Subcommand options, their fixed values (--kind, --sort, choices), file names after file
     options, gdb's expression completion for addresses."""
-    from gdb_memleak.core.maps import KINDS
+    from gdb_memleak.core.commands.maps import KIND_CHOICES
     parser = cmd.build_parser("memleak " + cmd.name, add_help=False)
     opts = sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
     values = {}
@@ -156,7 +156,7 @@ def _completer(cmd):
             if a.choices:
                 values[o] = sorted(str(c) for c in a.choices)
             elif o == "--kind":
-                values[o] = list(KINDS)
+                values[o] = list(KIND_CHOICES)
 
     def complete(self, text, word):
         words = text.split()

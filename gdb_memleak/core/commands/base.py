@@ -154,7 +154,7 @@ def add_scan_arguments(p: ArgParser, heap_help: str = "main heap, arena heaps an
     add_range_arguments(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--heap", action="store_true", help=heap_help)
-    g.add_argument("--anon", action="store_true", help="every writable anonymous mapping (heap, arenas, anon)")
+    g.add_argument("--anon", action="store_true", help="every writable anonymous mapping (the heap and other anonymous memory)")
     g.add_argument("--all", action="store_true", help="all writable memory")
 
 
@@ -171,7 +171,7 @@ def scan_ranges(ctx: Context, args, maps):
         from ..heap import heap_ranges
         ranges, label = heap_ranges(ctx.target, maps), {"heap": True}
     elif args.anon:
-        ranges = [(m.start, m.end) for m in maps if m.kind in ("heap", "arena", "anon") and "w" in m.perms[:3]]
+        ranges = [(m.start, m.end) for m in maps if m.kind in ("main-heap", "arena-heap", "anon") and "w" in m.perms[:3]]
         label = {"anon": True}
     else:
         ranges = [(m.start, m.end) for m in maps if "w" in m.perms[:3] and m.kind not in ("vvar",)]

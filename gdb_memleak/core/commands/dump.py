@@ -53,7 +53,7 @@ class DumpCommand(Command):
     def add_arguments(self, p):
         add_range_arguments(p)
         p.add_argument("--kind", metavar="KIND[,KIND]",
-                       help="regions of these kinds (default: heap,arena,anon; writable parts only)")
+                       help="regions of these kinds (default: heap,anon; writable parts only)")
         p.add_argument("-o", "--output", metavar="DIR", default=None,
                        help="folder for the files (default: ./memleak-dump-PID)")
         p.add_argument("--force", action="store_true",

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from .base import Command, add_json_argument
 from ..errors import UsageError
-from ..maps import KINDS, classify, select, totals
+from ..maps import HEAP_KINDS, KINDS, classify, select, totals
 from ..render import table, write_json
 from ..textparse import human_size, parse_size
 
 
 # "heap" is all memory malloc owns, in every command: the main heap and every arena heap; the
 # parts keep their own names
-KIND_GROUPS = {"heap": ("heap", "arena"), "main-heap": ("heap",), "arena-heap": ("arena",)}
+KIND_GROUPS = {"heap": HEAP_KINDS, "arena": ("arena-heap",)}   # "arena": an older name, still accepted
+KIND_CHOICES = ("heap",) + KINDS   # what --kind offers (completion, help)
 
 
 def parse_kinds(text):
@@ -26,16 +27,17 @@ def parse_kinds(text):
             kinds.append(k)
         else:
             raise UsageError("unknown kind %s; kinds are: %s (heap = main-heap + arena-heap)" % (
-                k, ", ".join(list(KIND_GROUPS) + [x for x in KINDS if x not in ("heap", "arena")])))
+                k, ", ".join(KIND_CHOICES)))
     return list(dict.fromkeys(kinds))
 
 
 class MapsCommand(Command):
     name = "maps"
-    summary = "List every mapping classified: heap, arena, anon, stack, thread-stack, guard, shm, file, vdso."
+    summary = ("List every mapping classified: main heap, arena heap, anon, stack, thread stack, TLS, guard, "
+               "shm, file, vdso.")
 
     def add_arguments(self, p):
-        p.add_argument("--kind", metavar="KIND[,KIND]", help="only these kinds (%s)" % ",".join(KINDS))
+        p.add_argument("--kind", metavar="KIND[,KIND]", help="only these kinds (%s; heap = main-heap + arena-heap)" % ",".join(KIND_CHOICES))
         p.add_argument("--min-size", metavar="SIZE", default="0", help="only mappings of at least SIZE (64K, 1M, …)")
         p.add_argument("--sort", choices=("addr", "size", "rss"), default="addr", help="row order (default addr)")
         add_json_argument(p)

@@ -26,7 +26,7 @@ SCHEMA = "gdb_memleak.report/1"
 # writable memory that is no process memory of its own (the kernel's pages, shared files)
 NOT_MEMORY = ("vdso", "vvar", "vsyscall")
 KIND_LABELS = OrderedDict([
-    ("heap", "main heap"), ("arena", "arena heaps"), ("mmapped", "mmapped chunks"), ("anon", "anonymous (other)"),
+    ("main-heap", "main heap"), ("arena-heap", "arena heaps"), ("mmapped", "mmapped chunks"), ("anon", "anonymous (other)"),
     ("stack", "main stack"), ("thread-stack", "thread stacks"), ("orphan", "orphan stacks"), ("tls", "static TLS"),
     ("file", "module data"), ("shm", "shared memory")])
 
@@ -52,7 +52,7 @@ def collect(target, show: int = 5, baseline: Optional[dict] = None, baseline_nam
     rep = analyze_threads(target, maps)
     doc["threads"] = _threads_section(target, rep)
 
-    heap = walk_heap(target, maps) if any(m.kind in ("heap", "arena", "anon") for m in maps) else None
+    heap = walk_heap(target, maps) if any(m.kind in ("main-heap", "arena-heap", "anon") for m in maps) else None
     if heap is not None and not heap.segments:
         heap = None
     index = res = None
@@ -267,10 +267,10 @@ def memory_tree(maps, heap, res, index, rep, top: int = 8) -> dict:
         elif not ms:
             continue
         kid = add("all/" + kind, root, label, kind=kind)
-        if kind in ("heap", "arena") and heap is not None:
+        if kind in ("main-heap", "arena-heap") and heap is not None:
             span = sum(m.size for m in ms)
             covered = 0
-            want = "main" if kind == "heap" else "thread"
+            want = "main" if kind == "main-heap" else "thread"
             for g, d in zip(groups, summaries):
                 if d["kind"] != want:
                     continue

@@ -13,7 +13,7 @@ from . import hex_ascii, sections, signed_size
 
 # one colour per kind of memory, shared by the treemap and the address-space strip
 KIND_COLORS = {
-    "heap": "#1f77b4", "arena": "#4c9be8", "mmapped": "#17becf", "anon": "#9467bd", "stack": "#2ca02c",
+    "main-heap": "#1f77b4", "arena-heap": "#4c9be8", "mmapped": "#17becf", "anon": "#9467bd", "stack": "#2ca02c",
     "thread-stack": "#98df8a", "orphan": "#d62728", "tls": "#bcbd22", "file": "#8c564b", "shm": "#e377c2",
     "guard": "#c7c7c7", "vdso": "#7f7f7f", "vvar": "#7f7f7f", "vsyscall": "#7f7f7f", "free": "#dddddd",
     "overhead": "#bbbbbb", "root": "#ffffff", "reserved": "#eeeeee",
