@@ -5,9 +5,10 @@ VENV  := $(ROOT)/.venv
 PY    := $(VENV)/bin/python
 BUILD := $(ROOT)/build
 STAMP := $(VENV)/.installed
-APT_PACKAGES := gdb g++ g++-multilib valgrind python3-venv python3-pip make python3-numpy python3-pyelftools python3-capstone python3-tabulate libc6-dbg:amd64 \
+APT_PACKAGES := gdb g++ g++-12-multilib gcc-12-multilib valgrind python3-venv python3-pip make python3-numpy python3-pyelftools python3-capstone python3-tabulate libc6-dbg:amd64 \
                 cppcheck doxygen 7zip pbzip2 memcached gdbserver \
-                python3-jinja2 python3-plotly chromium
+                python3-jinja2 python3-plotly chromium \
+                g++-arm-linux-gnueabihf g++-aarch64-linux-gnu qemu-user gdb-multiarch
 # best effort: the i386 oracle tests skip without it
 APT_OPTIONAL := libc6-dbg:i386
 
@@ -15,6 +16,10 @@ APT_OPTIONAL := libc6-dbg:i386
 
 install: $(STAMP)
 
+# g++-12-multilib/gcc-12-multilib, not g++-multilib: Debian 12's gcc-multilib (only the
+# /usr/include/asm symlink -m32 needs) conflicts with the cross compilers; tests/conftest.py supplies
+# that symlink through CPATH. The cross compilers, qemu-user and gdb-multiarch make the ARM and
+# AArch64 cores of tests/test_crossarch.py.
 # libc6-dbg (+ :i386) is the glibc-bookkeeping oracle of the tests; cppcheck, doxygen, 7zip, pbzip2
 # and memcached are the real-program corpus (tests/realprogs; policy-rc.d keeps memcached's
 # daemon from starting).

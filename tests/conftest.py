@@ -19,6 +19,32 @@ GDBINIT = os.path.join(ROOT, "gdbinit.example")
 PY = sys.executable
 
 
+def _m32_headers():
+    """Keep `gcc -m32` working next to Debian's cross compilers.
+
+    gcc-multilib ships one file, the /usr/include/asm -> x86_64-linux-gnu/asm symlink that -m32
+    builds need (their search path has no multiarch folder), and Debian 12 makes it conflict with
+    gcc-arm-linux-gnueabihf / gcc-aarch64-linux-gnu. The Makefile installs gcc-12-multilib and
+    g++-12-multilib (which coexist with them) instead; this supplies the symlink through CPATH
+    for every compiler the tests start (CPATH is an -I folder: -m64 finds the same files)."""
+    sys_asm, amd64_asm = "/usr/include/asm", "/usr/include/x86_64-linux-gnu/asm"
+    if os.path.exists(sys_asm) or not os.path.isdir(amd64_asm):
+        return
+    inc = os.path.join(ROOT, "build", "m32-include")
+    link = os.path.join(inc, "asm")
+    if os.path.realpath(link) != os.path.realpath(amd64_asm):
+        os.makedirs(inc, exist_ok=True)
+        tmp = "%s.%d" % (link, os.getpid())
+        os.symlink(amd64_asm, tmp)
+        os.replace(tmp, link)        # atomic: sessions running side by side agree
+    cpath = os.environ.get("CPATH")
+    if inc not in (cpath or "").split(os.pathsep):
+        os.environ["CPATH"] = inc + (os.pathsep + cpath if cpath else "")
+
+
+_m32_headers()
+
+
 def build(tmpdir, src, out_name, flags=()):
     """Compile tests/fixtures/SRC into TMPDIR/OUT_NAME (C or C++ by extension)."""
     out = os.path.join(str(tmpdir), out_name)
@@ -142,6 +168,6 @@ def maps32(workdir):
     try:
         exe, run, core = _maps_fixture(workdir, 32)
     except subprocess.CalledProcessError as e:
-        pytest.fail("-m32 build failed (make install installs g++-multilib): %s" % e.stderr)
+        pytest.fail("-m32 build failed (make install installs g++-12-multilib): %s" % e.stderr)
     yield exe, run, core
     run.kill()
