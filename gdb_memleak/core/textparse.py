@@ -136,3 +136,10 @@ def human_size(n: Optional[int]) -> str:
             return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
         n /= 1024.0
     return str(n)
+
+
+def signed_size(n: Optional[int]) -> str:
+    """A size change: '+3.7 MiB', '-512 B', '0 B'; '-' when unknown."""
+    if n is None:
+        return "-"
+    return ("+" if n > 0 else "-" if n < 0 else "") + human_size(abs(n))

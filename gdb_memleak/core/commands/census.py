@@ -11,6 +11,7 @@ from ..maps import classify
 from ..progress import Progress
 from ..render import table, write_json
 from ..textparse import human_size
+from ..vocabulary import plural
 from ..vtables import build_index
 
 
@@ -73,7 +74,7 @@ class CensusCommand(Command):
             size = c.size
             body.append([c.count, c.embedded if args.at_chunk_start else c.secondary,
                          vc.name + (" [rtti]" if vc.source == "rtti" else ""), vc.module,
-                         size if size is not None else "-", human_size(size * c.count) if size else "-"]
+                         human_size(size) if size is not None else "-", human_size(size * c.count) if size else "-"]
                         + ([" ".join(hex(a) for a in c.examples)] if args.examples else []))
         ctx.write(table(body, ["count", second, "class", "module", "size", "total"]
                         + (["examples"] if args.examples else [])) + "\n")
@@ -82,8 +83,8 @@ class CensusCommand(Command):
             "allocations at chunk start" if args.at_chunk_start else "primary vptrs", elapsed, setup,
             "" if len(shown) == len(rows) else "; top %d shown" % len(shown)))
         if res.skipped:
-            ctx.write("skipped %d unreadable range(s), %s\n" % (
-                len(res.skipped), human_size(sum(b - a for a, b, _ in res.skipped))))
+            ctx.write("skipped %s, %s\n" % (
+                plural(len(res.skipped), "unreadable range"), human_size(sum(b - a for a, b, _ in res.skipped))))
         findings = list(heap.findings) if heap is not None else []
         for f in findings:
             ctx.write("heap finding: %s\n" % f.text())

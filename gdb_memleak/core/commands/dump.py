@@ -6,7 +6,7 @@ import hashlib
 import os
 
 from .maps import parse_kinds
-from .base import Command, add_range_arguments, clip_range, resolve_range
+from .base import Command, add_json_argument, add_range_arguments, clip_range, resolve_range
 from ..errors import MemleakError, UsageError
 from ..files import FileSet, WriteError, write_all
 from ..maps import ANON_KINDS, classify
@@ -14,6 +14,7 @@ from ..memory.stream import iter_chunks
 from ..progress import Progress
 from ..render import table, write_json
 from ..textparse import human_size
+from ..vocabulary import plural
 
 CHUNK = 4 << 20
 
@@ -58,6 +59,7 @@ class DumpCommand(Command):
                        help="folder for the files (default: ./memleak-dump-PID)")
         p.add_argument("--force", action="store_true",
                        help="dump beyond 'max-dump-size' and overwrite existing files")
+        add_json_argument(p)
 
     def run(self, ctx, args):
         t = ctx.target
@@ -104,9 +106,9 @@ class DumpCommand(Command):
                                 "skipped": [{"start": hex(a), "end": hex(b), "reason": r} for a, b, r in skipped]})
             prog.finish()
             # last, atomically: a manifest means a complete dump
-            write_json(manifest_path, {"target": t.describe(),
-                                       "created": datetime.datetime.now().isoformat(timespec="seconds"),
-                                       "regions": entries})
+            manifest = {"target": t.describe(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                        "regions": entries}
+            write_json(manifest_path, manifest)
         except BaseException:
             files.discard()          # a failed or interrupted dump leaves nothing behind
             raise
@@ -116,6 +118,8 @@ class DumpCommand(Command):
                  human_size(sum(int(s["end"], 16) - int(s["start"], 16) for s in e["skipped"]))] for e in entries]
         ctx.write(table(rows, ["file", "kind", "size", "skipped"]) + "\n")
         nskip = sum(len(e["skipped"]) for e in entries)
-        ctx.write("%d region(s), %s written to %s%s\n" % (
-            len(entries), human_size(total), folder,
-            "; %d unreadable range(s) left as zeros, listed in manifest.json" % nskip if nskip else ""))
+        ctx.write("%s, %s written to %s%s\n" % (
+            plural(len(entries), "region"), human_size(total), folder,
+            "; %s left as zeros, listed in manifest.json" % plural(nskip, "unreadable range") if nskip else ""))
+        if args.json:
+            write_json(args.json, dict(manifest, folder=folder))

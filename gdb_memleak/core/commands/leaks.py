@@ -34,7 +34,7 @@ def leak_summary(target, heap, res, index, show: int) -> dict:
     li = res.index[leaked]
     sizes = heap.size[li]
     direct = res.direct[leaked]
-    cls = index.primary_class_of(res.first_word[leaked])
+    cls = res.cls[leaked].astype(np.int64) if res.vindex is index else index.primary_class_of(res.first_word[leaked])
     totals = {"chunks": int(len(li)), "bytes": int(sizes.sum()),
               "direct_chunks": int(direct.sum()), "indirect_chunks": int((~direct).sum()),
               "direct_bytes": int(sizes[direct].sum()), "indirect_bytes": int(sizes[~direct].sum())}
@@ -60,7 +60,7 @@ def leak_summary(target, heap, res, index, show: int) -> dict:
         examples.append({"address": hex(user), "chunk": hex(int(heap.addr[ci])), "size": int(heap.size[ci]),
                          "class": index.classes[int(cls[k])].name if cls[k] >= 0 else None,
                          "kind": "direct" if direct[k] else "indirect",
-                         "bytes": bytes(raw).hex() if raw is not None else None})
+                         "first_bytes": bytes(raw).hex() if raw is not None else None})
     return {"leaked": totals, "in_use": {"chunks": int(len(res.index)), "bytes": int(heap.size[res.index].sum())},
             "by_class": by_class, "by_size": by_size, "examples": examples,
             "excluded_roots": [{"start": hex(a), "end": hex(b), "reason": why} for a, b, why in res.excluded],
@@ -121,11 +121,11 @@ class LeaksCommand(Command):
                              (" [rtti]" if e.get("name_source") == "rtti" else "")] for e in by_class[:args.top]],
                            ["leaked", "direct", "bytes", "class (vptr at chunk start)"]) + "\n")
         if by_size and args.top:
-            w("\n" + table([[e["size"], e["chunks"], human_size(e["bytes"])] for e in by_size[:args.top]],
+            w("\n" + table([[human_size(e["size"]), e["chunks"], human_size(e["bytes"])] for e in by_size[:args.top]],
                            ["chunk size", "leaked", "bytes"]) + "\n")
         if examples:
-            w("\n" + table([[e["address"], e["size"], e["kind"], e["class"] or NO_CLASS,
-                             hex_ascii(bytes.fromhex(e["bytes"])[:16]) if e["bytes"] is not None else "(unreadable)"]
+            w("\n" + table([[e["address"], human_size(e["size"]), e["kind"], e["class"] or NO_CLASS,
+                             hex_ascii(bytes.fromhex(e["first_bytes"])[:16]) if e["first_bytes"] is not None else "(unreadable)"]
                             for e in examples], ["address", "size", "leak", "class", "first bytes"]) + "\n")
         for a, b, why in res.excluded:
             w("not a root: 0x%x-0x%x (%s): %s\n" % (a, b, human_size(b - a), why))

@@ -7,13 +7,7 @@ from .base import Command, add_json_argument
 from ..errors import MemleakError, UsageError
 from ..render import table, write_json
 from ..snapshot import diff, take
-from ..textparse import human_size
-
-
-def _signed(n) -> str:
-    if n is None:
-        return "-"
-    return ("+" if n > 0 else "-" if n < 0 else "") + human_size(abs(n))
+from ..textparse import human_size, signed_size as _signed
 
 
 class SnapshotCommand(Command):
@@ -79,7 +73,7 @@ class DiffCommand(Command):
             w("\n" + table([[r["name"], r["before"], r["after"], "%+d" % r["delta"], _signed(r["bytes_delta"])]
                             for r in d["classes"][:n]], ["class", "before", "after", "delta", "bytes"]) + "\n")
         if d["sizes"] and n:
-            w("\n" + table([[r["size"], "%+d" % r["delta"], _signed(r["delta"] * r["size"])] for r in d["sizes"][:n]],
+            w("\n" + table([[human_size(r["size"]), "%+d" % r["delta"], _signed(r["delta"] * r["size"])] for r in d["sizes"][:n]],
                            ["chunk size", "delta", "bytes"]) + "\n")
         if d["arenas"] and n:
             w("\n" + table([[r["address"] or "-", r["change"], "%+d" % r["heaps_delta"], "%+d" % r["in_use_chunks_delta"],

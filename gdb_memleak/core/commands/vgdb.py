@@ -11,7 +11,7 @@ import numpy as np
 from .base import Command, add_json_argument
 from ..errors import MemoryReadError, TargetError, UsageError
 from ..render import table, write_json
-from ..textparse import human_size
+from ..textparse import human_size, signed_size as _signed
 from ..vocabulary import NO_CLASS
 from ..vgdb import parse_block_list, parse_leak_check, parse_who_points_at, timeline
 
@@ -84,9 +84,8 @@ class VgdbLeakCheck(Command):
             w(text if text.endswith("\n") else text + "\n")
         recs = sorted(res["records"], key=lambda r: (-r["bytes"], r["record"]))
         if recs:
-            w(table([[r["record"], r["kind"], "{:,}".format(r["bytes"]) + (" (%+d)" % r["bytes_delta"]
-                                                                          if r["bytes_delta"] is not None else ""),
-                      "{:,}".format(r["blocks"]) + (" (%+d)" % r["blocks_delta"] if r["blocks_delta"] is not None else ""),
+            w(table([[r["record"], r["kind"], human_size(r["bytes"]) + (" (%s)" % _signed(r["bytes_delta"]) if r["bytes_delta"] is not None else ""),
+                      str(r["blocks"]) + (" (%+d)" % r["blocks_delta"] if r["blocks_delta"] is not None else ""),
                       _frames_text(r["stack"])] for r in recs],
                     ["record", "kind", "bytes", "blocks", "allocated at"]) + "\n")
         s = res["summary"]
@@ -283,7 +282,7 @@ class VgdbWatch(Command):
         w = ctx.write
         w("%d leak checks; %d loss records, %d grew at every check\n" % (len(checks), len(rows), len(grew)))
         if grew:
-            w(table([[r["kind"], " -> ".join("{:,}".format(b or 0) for b in r["bytes"]), "%+d" % r["growth"],
+            w(table([[r["kind"], " -> ".join(human_size(b or 0) for b in r["bytes"]), _signed(r["growth"]),
                       _frames_text(r["stack"])] for r in grew],
                     ["kind", "bytes at each check", "growth", "allocated at"]) + "\n")
         if args.json:

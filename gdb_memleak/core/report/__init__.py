@@ -22,13 +22,6 @@ def sections(doc) -> "OrderedDict[str, str]":
     return OrderedDict((k, v) for k, v in SECTIONS.items() if k != "growth" or doc.get("growth") is not None)
 
 
-def signed_size(n) -> str:
-    from ..textparse import human_size
-    if n is None:
-        return "-"
-    return ("+" if n > 0 else "-" if n < 0 else "") + human_size(abs(n))
-
-
 def hex_ascii(hexbytes, n: int = 16) -> str:
     if hexbytes is None:
         return "(unreadable)"

@@ -7,9 +7,9 @@ import json
 from typing import Dict
 
 from ..errors import DependencyError
-from ..textparse import human_size
-from ..vocabulary import NO_CLASS, ORPHAN
-from . import hex_ascii, sections, signed_size
+from ..textparse import human_size, signed_size
+from ..vocabulary import NO_CLASS, ORPHAN, plural
+from . import hex_ascii, sections
 
 # one colour per kind of memory, shared by the treemap and the address-space strip
 KIND_COLORS = {
@@ -224,6 +224,7 @@ def _environment():
     env.filters["size"] = human_size
     env.filters["signed"] = signed_size
     env.filters["hexascii"] = hex_ascii
+    env.filters["plural"] = lambda n, word: plural(n, word)
     env.filters["pct"] = lambda part, whole: ("%.0f%%" % (100.0 * part / whole)) if whole else "-"
     return env
 

@@ -135,7 +135,7 @@ PAGE = r"""<!DOCTYPE html>
     {% for c in doc.classes[:top] %}
     <tr><td class="mono">{{ c.name }}</td><td>{{ c.module }}</td><td class="num">{{ c.count }}</td>
         <td class="num">{{ c.reachable }}</td><td class="num">{{ c.leaked }}</td>
-        <td class="num">{{ c.size if c.size is not none else "-" }}</td><td class="num">{{ c.bytes|size }}</td></tr>
+        <td class="num">{{ c.size|size }}</td><td class="num">{{ c.bytes|size }}</td></tr>
     {% endfor %}
   </table>
   {% if doc.classes|length > top %}<p class="note">{{ doc.classes|length - top }} more classes in the JSON.</p>{% endif %}
@@ -148,7 +148,7 @@ PAGE = r"""<!DOCTYPE html>
   <h2>{{ sections["leaks"] }}</h2>
   {% if doc.leaks %}
   {% set t = doc.leaks.leaked %}
-  <p><b>{{ t.chunks }} leaked chunks, {{ t.bytes|size }}</b> ({{ t.direct_chunks }} direct, {{ t.direct_bytes|size }};
+  <p><b>{{ t.chunks|plural("leaked chunk") }}, {{ t.bytes|size }}</b> ({{ t.direct_chunks }} direct, {{ t.direct_bytes|size }};
     {{ t.indirect_chunks }} indirect, {{ t.indirect_bytes|size }}) of {{ doc.leaks.in_use.chunks }} in use,
     {{ doc.leaks.in_use.bytes|size }}. Sizes are glibc chunk sizes.</p>
   {% if t.chunks %}
@@ -169,7 +169,7 @@ PAGE = r"""<!DOCTYPE html>
       <table class="data">
         <tr><th class="num">chunk size</th><th class="num">leaked</th><th class="num">bytes</th></tr>
         {% for e in doc.leaks.by_size[:top] %}
-        <tr><td class="num">{{ e.size }}</td><td class="num">{{ e.chunks }}</td><td class="num">{{ e.bytes|size }}</td></tr>
+        <tr><td class="num">{{ e.size|size }}</td><td class="num">{{ e.chunks }}</td><td class="num">{{ e.bytes|size }}</td></tr>
         {% endfor %}
       </table>
     </div>
@@ -178,8 +178,8 @@ PAGE = r"""<!DOCTYPE html>
   <table class="data">
     <tr><th>address</th><th class="num">size</th><th>leak</th><th>class</th><th>first bytes</th></tr>
     {% for e in doc.leaks.examples %}
-    <tr><td class="mono">{{ e.address }}</td><td class="num">{{ e.size }}</td><td>{{ e.kind }}</td>
-        <td class="mono">{{ e["class"] or NO_CLASS }}</td><td class="mono">{{ e.bytes|hexascii }}</td></tr>
+    <tr><td class="mono">{{ e.address }}</td><td class="num">{{ e.size|size }}</td><td>{{ e.kind }}</td>
+        <td class="mono">{{ e["class"] or NO_CLASS }}</td><td class="mono">{{ e.first_bytes|hexascii }}</td></tr>
     {% endfor %}
   </table>
   {% endif %}
@@ -194,8 +194,8 @@ PAGE = r"""<!DOCTYPE html>
 <section id="threads">
   <h2>{{ sections["threads"] }}</h2>
   {% set tt = doc.threads.totals %}
-  <p>{{ tt.threads }} threads, {{ tt.stack_bytes|size }} of thread stacks in {{ tt.stacks }} mappings;
-    <b>{{ tt.orphan_stacks }} {{ ORPHAN }}s, {{ tt.orphan_bytes|size }}</b>;
+  <p>{{ tt.threads|plural("thread") }}, {{ tt.stack_bytes|size }} of thread stacks in {{ tt.stacks|plural("mapping") }};
+    <b>{{ tt.orphan_stacks|plural(ORPHAN) }}, {{ tt.orphan_bytes|size }}</b>;
     RLIMIT_STACK {{ tt.rlimit_stack|size if tt.rlimit_stack else "unknown" }} ({{ tt.rlimit_source }}).</p>
   <table class="data">
     <tr><th>#</th><th>LWP</th><th>name</th><th>SP</th><th>frame 0</th><th>stack</th><th class="num">size</th>

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import List
 
 from ..render import table
-from ..textparse import human_size
+from ..textparse import human_size, signed_size
 from ..vocabulary import NO_CLASS, ORPHAN, plural
-from . import hex_ascii, sections, signed_size
+from . import hex_ascii, sections
 
 
 INDENT = "· "       # tabulate strips leading blanks
@@ -87,7 +87,7 @@ def render_text(doc: dict, top: int = 15) -> str:
     head("classes")
     cs = doc.get("classes") or []
     if cs:
-        w(table([[c["name"], c["count"], c["reachable"], c["leaked"], c["size"] if c["size"] is not None else "-",
+        w(table([[c["name"], c["count"], c["reachable"], c["leaked"], human_size(c["size"]),
                   human_size(c["bytes"])] for c in cs[:top]],
                 ["class", "in use", "reachable", "leaked", "size", "bytes"]) + "\n")
         if len(cs) > top:
@@ -110,10 +110,10 @@ def render_text(doc: dict, top: int = 15) -> str:
             w("\n" + table([[e["chunks"], e["direct_chunks"], human_size(e["bytes"]), e["name"]]
                             for e in lk["by_class"][:top]], ["leaked", "direct", "bytes", "class"]) + "\n")
         if lk["by_size"]:
-            w("\n" + table([[e["size"], e["chunks"], human_size(e["bytes"])] for e in lk["by_size"][:top]],
+            w("\n" + table([[human_size(e["size"]), e["chunks"], human_size(e["bytes"])] for e in lk["by_size"][:top]],
                            ["chunk size", "leaked", "bytes"]) + "\n")
         if lk["examples"]:
-            w("\n" + table([[e["address"], e["size"], e["kind"], e["class"] or NO_CLASS, hex_ascii(e["bytes"])]
+            w("\n" + table([[e["address"], human_size(e["size"]), e["kind"], e["class"] or NO_CLASS, hex_ascii(e["first_bytes"])]
                             for e in lk["examples"]], ["address", "size", "leak", "class", "first bytes"]) + "\n")
 
     head("threads")
