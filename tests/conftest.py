@@ -171,3 +171,18 @@ def maps32(workdir):
         pytest.fail("-m32 build failed (make install installs g++-12-multilib): %s" % e.stderr)
     yield exe, run, core
     run.kill()
+
+
+@pytest.fixture(scope="session")
+def report_core(workdir, tmp_path_factory):
+    """The report fixture's gcore (threads in arenas, classes, direct and indirect leaks, a leaked
+    mmapped chunk, orphan stacks): (exe, core, truth, folder)."""
+    d = tmp_path_factory.mktemp("report")
+    exe = build(workdir, "report_fixture.cpp", "report_fixture")
+    run = Running([exe])
+    try:
+        core = run.gcore(str(d / "core"))
+    finally:
+        run.kill()
+    return exe, core, run.truth, d
+

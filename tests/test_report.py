@@ -28,15 +28,8 @@ STR = "channelid=([0-9]+);"
 # -- fixtures -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fixture_core(workdir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("report")
-    exe = build(workdir, "report_fixture.cpp", "report_fixture")
-    run = Running([exe])
-    try:
-        core = run.gcore(str(d / "core"))
-    finally:
-        run.kill()
-    return exe, core, run.truth, d
+def fixture_core(report_core):
+    return report_core
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, Running, build, run_cli
+from conftest import ROOT, run_cli
 
 from gdb_memleak.core.commands import registry
 from gdb_memleak.core.maps import KINDS
@@ -37,14 +37,9 @@ def glossary_keys():
 
 
 @pytest.fixture(scope="module")
-def outputs(workdir, tmp_path_factory):
+def outputs(report_core, tmp_path_factory):
     d = tmp_path_factory.mktemp("vocabulary")
-    exe = build(workdir, "report_fixture.cpp", "report_fixture")
-    run = Running([exe])
-    try:
-        core = run.gcore(str(d / "core"))
-    finally:
-        run.kill()
+    exe, core, _truth, _ = report_core
     base = ("--core", core, "--exe", exe)
     # the arguments each command needs besides --json (a chunk for whatis: the first leaked one)
     runs = {
