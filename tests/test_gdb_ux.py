@@ -57,3 +57,5 @@ def test_whatis_follows_x(tls_run, tmp_path):
     assert (res[2].get("symbol") or {}).get("symbol")          # gdb names the function
     r = run_gdb("memleak whatis '$sp + 8'", pid=run.pid)
     assert r.returncode == 0, r.stderr
+    # the main thread's struct pthread is not on its stack: an address above SP is a frame
+    assert "stack of thread 1 " in r.stdout and "struct pthread" not in r.stdout, r.stdout

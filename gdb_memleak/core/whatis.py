@@ -129,7 +129,7 @@ def _stack(target, maps, m, addr, out, lines):
         ts = owner[0]
         th = ts.thread
         out["thread"] = {"num": th.num, "lwp": th.lwp, "sp": hex(th.sp)}
-        if ts.pthread and addr >= ts.pthread.address:
+        if ts.pthread and m.start <= ts.pthread.address <= addr:   # the main thread's is elsewhere
             lines.append("glibc's struct pthread / TLS of thread %d (LWP %d) (at 0x%x)" % (
                 th.num, th.lwp, ts.pthread.address))
         elif addr < th.sp:
