@@ -58,7 +58,7 @@ class HeapSegment:
 class Heap:
     segments: List[HeapSegment]
     addr: np.ndarray            # chunk addresses, sorted (uint64); top chunks excluded
-    size: np.ndarray            # chunk sizes (uint64)
+    size: np.ndarray            # chunk sizes in bytes: uint32 (uint64 only when a chunk is >= 4 GiB)
     free: np.ndarray            # 0 in use, else FREE_* reason (int8)
     pointer_size: int
     findings: Findings = field(default_factory=Findings)
@@ -228,6 +228,8 @@ class HeapWalker:
 
     # -- segments --------------------------------------------------------------
     def _add(self, seg: HeapSegment, w: Optional[_Walked], mmapped=None):
+        """Keep a segment's chunks in the compact form Heap stores (sizes as uint32 when they
+        fit; ``w``'s own arrays are let go)."""
         if mmapped is not None:
             addrs = np.array([c for c, _ in mmapped], dtype=np.uint64)
             sizes = np.array([s for _, s in mmapped], dtype=np.uint64)
@@ -239,6 +241,9 @@ class HeapWalker:
             # header is top's or the fencepost's)
             inuse = np.append(w.pbits[1:], np.uint8(w.pos_pbit)) if len(addrs) else np.zeros(0, np.uint8)
             mm = np.zeros(len(addrs), dtype=bool)
+            w.addrs = w.sizes = w.pbits = None
+        if len(sizes) and int(sizes.max()) < (1 << 32):
+            sizes = sizes.astype(np.uint32)
         self.segments.append(seg)
         self.chunks.append((seg.first, addrs, sizes, inuse, mm))
 
@@ -469,15 +474,25 @@ class HeapWalker:
         self.add_mmapped(find_mmapped_chunks(self.t, self.maps))
         order = sorted(range(len(self.chunks)), key=lambda k: self.chunks[k][0])
         self.segments = [self.segments[k] for k in order]
-        chunks = [self.chunks[k] for k in order]
+        chunks = [list(self.chunks[k]) for k in order]
         self.chunks = []
+        # compact arrays (issue 16): uint32 sizes unless a chunk is >= 4 GiB; each segment's
+        # arrays are copied into the final ones and let go at once (untouched pages of np.empty
+        # cost nothing), so the peak is the result plus one segment, not twice the result
+        wide = any(len(c[2]) and c[2].dtype == np.uint64 for c in chunks)
 
         def cat(k, dt):
-            parts = [c[k] for c in chunks]
-            return np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dtype=dt)
-        addrs, sizes, inuse, mm = cat(1, np.uint64), cat(2, np.uint64), cat(3, np.uint8), cat(4, bool)
-        free = np.where(inuse != 0, 0, FREE_BITS).astype(np.int8)
-        del inuse
+            out = np.empty(sum(len(c[k]) for c in chunks), dtype=dt)
+            at = 0
+            for c in chunks:
+                part, c[k] = c[k], None
+                out[at:at + len(part)] = part
+                at += len(part)
+                del part
+            return out
+        addrs, sizes, inuse, mm = cat(1, np.uint64), cat(2, np.uint64 if wide else np.uint32), cat(3, np.uint8), cat(4, bool)
+        free = (inuse == 0).view(np.int8)     # FREE_BITS (== 1) where the next header says free
+        del inuse, chunks
         heap = Heap(self.segments, addrs, sizes, free, self.lay.ps, self.findings, model, mm)
         self.mark_tcaches(heap)
         self.mark_fastbins(heap)
