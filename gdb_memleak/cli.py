@@ -46,6 +46,17 @@ def split_globals(argv):
     return glob, rest
 
 
+class _Version(argparse.Action):
+    """--version: the version and the scans' kernel (building it on first use)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+        from .core import native
+        sys.stdout.write("gdb_memleak %s\nkernel: %s\n" % (__version__, native.status()))
+        sys.stdout.flush()
+        raise SystemExit(0)
+
+
 def _top_parser(commands):
     from . import __version__
     p = ArgParser(prog="python -m gdb_memleak", out=sys.stdout.write,
@@ -66,7 +77,7 @@ def _top_parser(commands):
     p.add_argument("--max-dump-size", metavar="SIZE", default="1G", help="dump bound (default 1G)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    p.add_argument("--version", action="version", version="gdb_memleak %s" % __version__)
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and which kernel the scans use, and exit")
     names = sorted({n.split()[0] for n in commands})
     p.add_argument("command", metavar="COMMAND", choices=names, help="one of: " + ", ".join(names))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import native
 from .heap import Heap
 from .memory.stream import map_chunks
 from .progress import Progress
@@ -126,101 +127,179 @@ class _Prefilter:
 def census(target: Target, index: VtableIndex, ranges: List[Tuple[int, int]], heap: Optional[Heap] = None,
            examples: int = 0, progress: Optional[Progress] = None, maps=None) -> CensusResult:
     """``heap`` given: count only vptrs at an in-use chunk's user start; others in in-use chunks
-    (and outside the heap) are 'embedded'; hits inside free chunks are ignored."""
+    (and outside the heap) are 'embedded'; hits inside free chunks are ignored.
+
+    Two paths with the same results: the compiled kernel (core/native: one pass per chunk over
+    the words, a hashed block bitset then a hash table of the address points; hits counted per
+    scan thread, or their positions returned when needed) and numpy (prefilter + searchsorted)."""
     ps = target.pointer_size
     dt = _dtype(target)
-    pts = index.points.astype(dt) if len(index.points) else index.points
-    npts = len(pts)
+    npts = len(index.points)
     hits = np.zeros(npts, dtype=np.int64)
+    starts = np.zeros(npts, dtype=np.int64)     # live hits at an in-use chunk's user start
     counts: Dict[int, ClassCount] = {}
+    sizes: Dict[Tuple[int, int], int] = {}      # (class, usable size) -> allocations
     skipped: List[Tuple[int, int, str]] = []
     scanned = 0
-    windows = prefilter_windows(index.windows, maps)
     need_pos = heap is not None or examples > 0
+    kernel = native.lib() if npts else None
+    point_class, point_primary = index.point_class, index.point_primary
+    windows = prefilter_windows(index.windows, maps)
+    if kernel is not None:
+        table = native.PointsTable(index.points, windows)
+        swap = native.host_swap(target.byteorder)
+    else:
+        pts = index.points.astype(dt) if npts else index.points
     if heap is not None:
-        c_addr, c_size = heap.addr, heap.size
-        c_user = heap.user
-        c_inuse = heap.inuse
+        c_addr = np.ascontiguousarray(heap.addr, dtype=np.uint64)
+        c_size = np.ascontiguousarray(heap.size, dtype=np.uint64)
+        if kernel is not None:
+            c_free = np.ascontiguousarray(heap.free, dtype=np.int8)
+        else:
+            c_inuse = heap.inuse
+            c_user = c_addr + np.uint64(2 * ps)
+    scratches: list = []
+    # the kernel does the whole census at chunk start (no example addresses wanted)
+    tally = kernel is not None and heap is not None and not examples
+    if tally:
+        primary_u8 = np.ascontiguousarray(point_primary, dtype=np.uint8)
 
     class Scratch:
         def __init__(self):
             self.buf = bytearray(CHUNK)
-            self.prefilter = _Prefilter(windows, dt, CHUNK // ps)
+            if tally:
+                self.tally = native.HeapTally(table, primary_u8, c_addr, c_size, c_free, 2 * ps, CHUNK // ps)
+            elif kernel is not None:
+                self.counts = None if need_pos else np.zeros(npts, dtype=np.int64)
+                self.pos = np.empty(CHUNK // ps, dtype=np.int32) if need_pos else None
+                self.idx = np.empty(CHUNK // ps, dtype=np.int32) if need_pos else None
+            else:
+                self.prefilter = _Prefilter(windows, dt, CHUNK // ps)
+            scratches.append(self)
 
-    def match(addr, data, sc):
-        """(words, positions of address-point hits, their point indices): runs in worker threads."""
-        n = len(data) // ps
-        if n == 0 or not npts:
-            return n, None, None
+    def find(data, n, sc):
+        """(word positions, point indices) of the address points among the n words of data;
+        with the kernel and no positions needed, only counted into sc.counts: (None, None)."""
+        if kernel is not None:
+            ptr = np.frombuffer(data, dtype=np.uint8, count=n * ps).ctypes.data
+            if not need_pos:
+                table.scan(ptr, n, ps, swap, sc.counts)
+                return None, None
+            k = table.scan(ptr, n, ps, swap, None, sc.pos, sc.idx)
+            return sc.pos[:k].astype(np.uint64), sc.idx[:k].astype(np.intp)
         w = np.frombuffer(data, dtype=dt, count=n)
         pos = sc.prefilter(w)
         if not len(pos):
-            return n, None, None
+            return None, None
         cand = w[pos]
         idx = np.searchsorted(pts, cand)
         idx[idx >= npts] = npts - 1
         ok = pts[idx] == cand
-        return n, pos[ok], idx[ok]
+        return pos[ok].astype(np.uint64), idx[ok]
+
+    def owners(where):
+        """What each hit is in the heap: 0 outside every chunk, 1 at an in-use chunk's user start,
+        2 elsewhere in an in-use chunk, 3 in a free chunk; and the chunk's index (-1: none)."""
+        if not len(c_addr):
+            return np.full(len(where), -1, dtype=np.int64), np.zeros(len(where), dtype=np.uint8)
+        if kernel is not None:
+            return native.owners(where, c_addr, c_size, c_free, 2 * ps)
+        j = np.searchsorted(c_addr, where, side="right") - 1
+        jj = np.clip(j, 0, None)
+        inside = (j >= 0) & (where < c_addr[jj] + c_size[jj])
+        what = np.where(~inside, 0, np.where(~c_inuse[jj], 3, np.where(where == c_user[jj], 1, 2))).astype(np.uint8)
+        return np.where(inside, jj, -1), what
+
+    def match(addr, data, sc):
+        """Runs in the scan threads: (words, None) or (words, (live hits' point indices, those at
+        a chunk start, (class, usable size) keys of primary ones there, addresses, example picks))."""
+        n = len(data) // ps
+        if n == 0 or not npts:
+            return n, None
+        if tally:
+            sc.tally.scan(np.frombuffer(data, dtype=np.uint8, count=n * ps).ctypes.data, n, addr, ps, swap)
+            return n, None
+        pos, idx = find(data, n, sc)
+        if idx is None or not len(idx):
+            return n, None
+        where = np.uint64(addr) + pos * np.uint64(ps)
+        prim = point_primary[idx]
+        if heap is None:
+            return n, (idx, None, None, where, np.flatnonzero(prim) if examples else None)
+        owner, what = owners(where)
+        live = what != 3
+        if not live.all():
+            idx, where, prim, owner, what = idx[live], where[live], prim[live], owner[live], what[live]
+        at = what == 1
+        sel = prim & at
+        keys = (point_class[idx[sel]].astype(np.int64) << 40) | (c_size[owner[sel]].astype(np.int64) - ps)
+        return n, (idx, idx[at], keys, where, np.flatnonzero(sel) if examples else None)
 
     pending: List[np.ndarray] = []
+    pending_starts: List[np.ndarray] = []
+    pending_keys: List[np.ndarray] = []
     n_pending = 0
+
+    def flush():
+        nonlocal hits, starts, n_pending
+        if pending:
+            hits += np.bincount(np.concatenate(pending), minlength=npts)
+        if pending_starts:
+            starts += np.bincount(np.concatenate(pending_starts), minlength=npts)
+        if pending_keys:
+            for key, n_k in zip(*np.unique(np.concatenate(pending_keys), return_counts=True)):
+                k2 = (int(key) >> 40, int(key) & ((1 << 40) - 1))
+                sizes[k2] = sizes.get(k2, 0) + int(n_k)
+        del pending[:], pending_starts[:], pending_keys[:]
+        n_pending = 0
+
     aligned = [(s - s % ps, e) for s, e in ranges]
-    for addr, _nbytes, (n, pos, idx) in map_chunks(target, aligned, CHUNK, match, Scratch, progress, skipped):
+    for addr, _nbytes, (n, r) in map_chunks(target, aligned, CHUNK, match, Scratch, progress, skipped):
         scanned += n * ps
-        if idx is None or not len(idx):
+        if r is None:
             continue
-        if need_pos:
-            where = np.uint64(addr) + pos.astype(np.uint64) * np.uint64(ps)
-            if heap is not None and len(c_addr):
-                j = np.searchsorted(c_addr, where, side="right") - 1
-                jj = np.clip(j, 0, None)
-                inside = (j >= 0) & (where < c_addr[jj] + c_size[jj])
-                live = ~inside | c_inuse[jj]
-                at_start = inside & c_inuse[jj] & (where == c_user[jj])
-                idx, where, at_start, jj = idx[live], where[live], at_start[live], jj[live]
-            else:
-                at_start = np.zeros(len(idx), dtype=bool)
-                jj = None
+        idx, at_idx, keys, where, sel = r
         pending.append(idx)     # hits: bincount in batches (minlength=npts on every chunk costs)
         n_pending += len(idx)
-        if n_pending >= 1 << 20:
-            hits += np.bincount(np.concatenate(pending), minlength=npts)
-            pending, n_pending = [], 0
-        if not need_pos:
-            continue
-        cls_of = index.point_class[idx]
-        prim = index.point_primary[idx]
         if heap is not None:
-            # usable chunk size per allocation, tallied per (class, size) in one np.unique
-            sel = prim & at_start
-            keys = (cls_of[sel].astype(np.int64) << 40) | (c_size[jj[sel]].astype(np.int64) - ps)
-            for key, n_k in zip(*np.unique(keys, return_counts=True)):
-                c = counts.setdefault(int(key) >> 40, ClassCount(int(key) >> 40))
-                sz = int(key) & ((1 << 40) - 1)
-                c.sizes[sz] = c.sizes.get(sz, 0) + int(n_k)
-        if examples:
-            sel = np.flatnonzero(prim & at_start) if heap is not None else np.flatnonzero(prim)
-            for cls_id in np.unique(cls_of[sel]):
+            pending_starts.append(at_idx)
+            pending_keys.append(keys)
+        if n_pending >= 1 << 20:
+            flush()
+        if examples and len(sel):
+            cls_of = point_class[idx[sel]]
+            for cls_id in np.unique(cls_of):
                 c = counts.setdefault(int(cls_id), ClassCount(int(cls_id)))
                 need = examples - len(c.examples)
                 if need > 0:
-                    c.examples.extend(int(a) for a in where[sel[cls_of[sel] == cls_id][:need]])
-        if heap is not None:
-            # at-start counts per class, embedded = primary elsewhere
-            for cls_id, n_start in zip(*np.unique(cls_of[prim & at_start], return_counts=True)):
-                counts.setdefault(int(cls_id), ClassCount(int(cls_id))).count += int(n_start)
-            for cls_id, n_emb in zip(*np.unique(cls_of[prim & ~at_start], return_counts=True)):
-                counts.setdefault(int(cls_id), ClassCount(int(cls_id))).embedded += int(n_emb)
-            for cls_id, n_sec in zip(*np.unique(cls_of[~prim], return_counts=True)):
-                counts.setdefault(int(cls_id), ClassCount(int(cls_id))).secondary += int(n_sec)
-    if pending:
-        hits += np.bincount(np.concatenate(pending), minlength=npts)
-    if heap is None:
-        for p in np.flatnonzero(hits):
-            cls_id = int(index.point_class[p])
-            c = counts.setdefault(cls_id, ClassCount(cls_id))
-            if index.point_primary[p]:
+                    c.examples.extend(int(a) for a in where[sel[cls_of == cls_id][:need]])
+    flush()
+    if kernel is not None and not need_pos:
+        for sc in scratches:
+            hits += sc.counts
+    if tally:
+        for sc in scratches:
+            hits += sc.tally.hits
+            starts += sc.tally.starts
+            for key, n_k in zip(*sc.tally.pairs()):
+                k2 = (int(point_class[int(key) >> 40]), (int(key) & ((1 << 40) - 1)) - ps)
+                sizes[k2] = sizes.get(k2, 0) + int(n_k)
+    found: Dict[int, ClassCount] = {}
+    for p in np.flatnonzero(hits):
+        cls_id = int(point_class[p])
+        c = found.get(cls_id) or counts.get(cls_id) or ClassCount(cls_id)
+        found[cls_id] = c
+        if heap is None:
+            if point_primary[p]:
                 c.count += int(hits[p])
             else:
                 c.secondary += int(hits[p])
+        elif point_primary[p]:
+            c.count += int(starts[p])
+            c.embedded += int(hits[p] - starts[p])
+        else:
+            c.secondary += int(hits[p])
+    for (cls_id, sz), n_k in sorted(sizes.items()):
+        found[cls_id].sizes[sz] = n_k
+    counts = {k: found[k] for k in sorted(found)}
     return CensusResult(ranges, scanned, skipped, counts, hits, heap is not None)

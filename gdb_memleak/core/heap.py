@@ -13,12 +13,14 @@ unknown" (named by a free list that failed validation: probably free, never repo
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import native
 from .errors import MemoryReadError
 from .glibc import (IS_MMAPPED, PREV_INUSE, TCACHE_BINS, Arena, Finding, Findings, GlibcModel, Layout,
                     malloc_alignment)
@@ -99,28 +101,38 @@ class Heap:
 
 class _Window:
     """Sequential reads of one heap region through a window of WINDOW bytes (bounded memory)."""
-    WINDOW = 4 << 20
+    WINDOW = 1 << 20
 
     def __init__(self, target: Target, start: int, end: int):
         self.t, self.start, self.end = target, start, end
         self.lo = self.hi = start
         self.buf = b""
+        self._store = bytearray()   # reused: a fresh buffer per window costs a page fault per 4 KiB
+
+    def _read(self, lo: int, n: int):
+        if len(self._store) < n:
+            self._store = bytearray(n)
+        view = memoryview(self._store)[:n]
+        self.t.read_into(lo, view)
+        return view
 
     def load(self, addr: int, need: int):
-        """Make [addr, addr+need) resident; returns (buf, base) or None when unreadable."""
+        """Make [addr, addr+need) resident; returns (buf, base) or None when unreadable.  buf is
+        only valid until the next load."""
         if self.lo <= addr and addr + need <= self.hi:
             return self.buf, self.lo
         lo = addr - addr % 4096
         hi = min(max(lo + self.WINDOW, addr + need), max(self.end, addr + need))
+        self.lo = self.hi = lo      # buf is being overwritten
         try:
-            self.buf = bytes(self.t.read(lo, hi - lo))
+            self.buf = self._read(lo, hi - lo)
         except MemoryReadError:
             # a page-sized read can still succeed at the walk position
             hi = min(lo + 4096, max(self.end, addr + need))
             if addr + need > hi:
                 return None
             try:
-                self.buf = bytes(self.t.read(lo, hi - lo))
+                self.buf = self._read(lo, hi - lo)
             except MemoryReadError:
                 return None
         self.lo, self.hi = lo, hi
@@ -140,12 +152,16 @@ class _Walked:
 def _walk(win: _Window, first: int, end: int, lay: Layout, shape_mode: bool = False) -> _Walked:
     """Step chunk headers from ``first`` until the walk lands exactly on ``end`` (the top chunk,
     or the end of the region), or meets a fencepost (a header of size CHUNK_HDR_SZ: an older
-    heap's end), or a size that cannot be.  The sequential part is a tight loop over a memoryview
-    of each window that only follows sizes; the checks and the flags are done with numpy."""
+    heap's end), or a size that cannot be.  Window by window: the compiled kernel (core/native)
+    steps the headers of a window; without it a tight loop over a memoryview only follows sizes
+    and the checks and the flags are done with numpy.  Both give the same result."""
+    if native.lib() is not None and lay.align & (lay.align - 1) == 0:
+        return _walk_native(win, first, end, lay, shape_mode)
     ps = lay.ps
     shift = 3 if ps == 8 else 2
     fmt = "Q" if ps == 8 else "I"
     dt = np.uint64 if ps == 8 else np.uint32
+    foreign = lay.e != ("<" if sys.byteorder == "little" else ">")
     minsize, mask = lay.minsize, ~7
     out_a, out_s, out_p = [], [], []
     a = first
@@ -158,6 +174,8 @@ def _walk(win: _Window, first: int, end: int, lay: Layout, shape_mode: bool = Fa
             break
         buf, base = got
         nbytes = len(buf) - len(buf) % ps
+        if foreign:     # the target's byte order is not ours: work on a swapped copy of the window
+            buf = np.frombuffer(buf, dtype=lay.dt, count=nbytes // ps).astype(dt).tobytes()
         mv = memoryview(buf)[:nbytes].cast(fmt)
         i = (a - base) >> shift
         iend = min(len(mv) - 1, (end - base) >> shift)
@@ -209,7 +227,82 @@ def _walk(win: _Window, first: int, end: int, lay: Layout, shape_mode: bool = Fa
         got = win.load(a, 2 * ps)
         if got is not None:
             buf, base = got
-            pos_pbit = struct.unpack_from("<" + fmt, buf, a - base + ps)[0] & PREV_INUSE
+            pos_pbit = struct.unpack_from(lay.e + fmt, buf, a - base + ps)[0] & PREV_INUSE
+    return _Walked(addrs, sizes, pbits, a, reason, pos_pbit)
+
+
+def _walk_native(win: _Window, first: int, end: int, lay: Layout, shape_mode: bool = False) -> _Walked:
+    """_walk with the compiled kernel stepping each window's headers (same windows, same
+    stops, same result)."""
+    kernel = native.lib()
+    ps = lay.ps
+    shift = 3 if ps == 8 else 2
+    fmt = "Q" if ps == 8 else "I"
+    swap = native.host_swap("little" if lay.e == "<" else "big")
+    minsize = lay.minsize
+    per = max(1, minsize >> shift)      # words per chunk at least
+    # the kernel writes into blocks of this many chunks; a new block when a window might not fit
+    block = max(1 << 20, (_Window.WINDOW // ps) // per + 2)
+    o_addr = o_size = o_pbit = None
+    used = 0
+    state = np.zeros(3, dtype=np.int64)
+    out_a, out_s, out_p = [], [], []
+
+    def close_block():
+        if used:
+            out_a.append(o_addr[:used]); out_s.append(o_size[:used]); out_p.append(o_pbit[:used])
+
+    a = first
+    reason = "end"
+    pos_pbit = 1
+    while a < end:
+        got = win.load(a, 2 * ps)
+        if got is None:
+            reason = "bad: chunk header at 0x%x is outside readable memory" % a
+            break
+        buf, base = got
+        nwords = len(buf) // ps
+        i = (a - base) >> shift
+        iend = min(nwords - 1, (end - base) >> shift)
+        need = max(0, iend - i) // per + 2
+        if o_addr is None or used + need > len(o_addr):
+            close_block()
+            n_new = max(block, need)
+            o_addr = np.empty(n_new, dtype=np.uint64)
+            o_size = np.empty(n_new, dtype=np.uint64)
+            o_pbit = np.empty(n_new, dtype=np.uint8)
+            used = 0
+        ptr = np.frombuffer(buf, dtype=np.uint8, count=nwords * ps).ctypes.data if nwords else 0
+        k = kernel.mlk_walk(ptr, nwords, ps, swap, i, iend, base, minsize, lay.align, int(shape_mode),
+                            end & 0xFFFFFFFFFFFFFFFF, o_addr[used:], o_size[used:], o_pbit[used:],
+                            len(o_addr) - used, state)
+        used += k
+        i, stop, raw = int(state[0]), int(state[1]), int(state[2]) & ((1 << (8 * ps)) - 1)
+        a = base + (i << shift)
+        if stop == 2:
+            reason = "bad: chunk size word 0x%x at 0x%x" % (raw, a)
+            break
+        if stop == 1:
+            if (raw & ~7) == 2 * ps:
+                reason = "fencepost"
+                pos_pbit = raw & PREV_INUSE
+            else:
+                reason = "bad: chunk size word 0x%x at 0x%x" % (raw, a)
+            break
+    close_block()
+
+    def cat(parts, dt):
+        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dtype=dt)
+    addrs, sizes, pbits = cat(out_a, np.uint64), cat(out_s, np.uint64), cat(out_p, np.uint8)
+    if a > end and len(addrs):
+        a = int(addrs[-1])
+        reason = "bad: chunk at 0x%x runs past 0x%x" % (a, end)
+        addrs, sizes, pbits = addrs[:-1], sizes[:-1], pbits[:-1]
+    elif a == end and reason == "end" and not shape_mode:
+        got = win.load(a, 2 * ps)
+        if got is not None:
+            buf, base = got
+            pos_pbit = struct.unpack_from(lay.e + fmt, buf, a - base + ps)[0] & PREV_INUSE
     return _Walked(addrs, sizes, pbits, a, reason, pos_pbit)
 
 

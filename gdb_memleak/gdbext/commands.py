@@ -223,6 +223,10 @@ class _SetPrefix(gdb.Command):
         if self.verb == "show" or not arg.strip():
             for name in ("debug", "progress", "max-dump-size"):
                 gdb.write(gdb.execute("show memleak " + name, to_string=True))
+            if self.verb == "show":
+                from ..core import native
+                gdb.write("The scans' kernel is %s (GDB_MEMLEAK_NATIVE=0 before starting gdb: numpy).\n"
+                          % native.status())
             if self.verb == "set":
                 gdb.write("Use 'set memleak SETTING VALUE'.\n")
             return
