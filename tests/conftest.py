@@ -26,7 +26,9 @@ def _m32_headers():
     builds need (their search path has no multiarch folder), and Debian 12 makes it conflict with
     gcc-arm-linux-gnueabihf / gcc-aarch64-linux-gnu. The Makefile installs gcc-12-multilib and
     g++-12-multilib (which coexist with them) instead; this supplies the symlink through CPATH
-    for every compiler the tests start (CPATH is an -I folder: -m64 finds the same files)."""
+    for every compiler the tests start (CPATH is an -I folder: -m64 finds the same files).
+    Cross compilers must not see it (x86 <asm/unistd.h> would give them x86 syscall numbers):
+    build with ``env=cross_env()``."""
     sys_asm, amd64_asm = "/usr/include/asm", "/usr/include/x86_64-linux-gnu/asm"
     if os.path.exists(sys_asm) or not os.path.isdir(amd64_asm):
         return
@@ -43,6 +45,18 @@ def _m32_headers():
 
 
 _m32_headers()
+M32_INCLUDE = os.path.join(ROOT, "build", "m32-include")
+
+
+def cross_env():
+    """os.environ without the -m32 asm folder in CPATH: for cross compilers."""
+    env = dict(os.environ)
+    parts = [p for p in env.get("CPATH", "").split(os.pathsep) if p and p != M32_INCLUDE]
+    if parts:
+        env["CPATH"] = os.pathsep.join(parts)
+    else:
+        env.pop("CPATH", None)
+    return env
 
 
 def build(tmpdir, src, out_name, flags=()):

@@ -619,7 +619,7 @@ def _anon_runs(maps: List[Mapping]) -> List[Tuple[int, int]]:
     return runs
 
 
-def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, int, int]]:
+def find_mmapped_chunks(target: Target, maps: List[Mapping], cache: bool = True) -> List[Tuple[int, int, int]]:
     """glibc's mmapped chunks (malloc above the mmap threshold) as (chunk, size, mapping start:
     the chunk minus its prev_size), from every page
     of writable anonymous memory that is not an arena heap: a page that starts with prev_size 0
@@ -628,8 +628,8 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
     at every page, not only at mapping starts; pages inside an accepted chunk are skipped.
     memalign/posix_memalign move an mmapped chunk forward by a lead that its prev_size holds
     (the stale header at the mapping start stays): such a chunk is taken at its real place.
-    Cached on the target."""
-    cached = getattr(target, "_mmapped_chunks", None)
+    Cached on the target (``cache``: maps.py asks about single mappings uncached)."""
+    cached = getattr(target, "_mmapped_chunks", None) if cache else None
     if cached is not None:
         return cached
     from .memory.stream import iter_chunks
@@ -663,7 +663,8 @@ def find_mmapped_chunks(target: Target, maps: List[Mapping]) -> List[Tuple[int, 
                 c2, size2 = _memaligned(target, dt, c, size)
                 out.append((c2, size2, c - (c % PAGE)))
                 skip_to = c + size
-    target._mmapped_chunks = out
+    if cache:
+        target._mmapped_chunks = out
     return out
 
 

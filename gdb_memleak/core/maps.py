@@ -16,6 +16,7 @@ KINDS = ("main-heap", "arena-heap", "anon", "stack", "thread-stack", "tls", "gua
 ANON_KINDS = ("main-heap", "arena-heap", "anon")
 HEAP_KINDS = ("main-heap", "arena-heap")   # "heap" is both: all memory malloc owns
 GUARD_MAX = 1 << 20           # a guard larger than this is not a stack guard
+MERGED = "part of a merged mapping"
 VSYSCALL = 0xffffffffff600000
 
 
@@ -236,6 +237,8 @@ def _classify(target: Target) -> List[Mapping]:
     target._glibc = model
     target._thread_pointers = tps
     out = _split_heaps(out, model)
+    if getattr(target, "merged_anon", False):
+        out = _split_merged(target, out)
     by_end = {m.end: m for m in out}
 
     def containing(addr):       # noqa: F811 (the list changed)
@@ -264,10 +267,35 @@ def _classify(target: Target) -> List[Mapping]:
         if m.kind == "thread-stack" and guard_like:
             below.kind = "guard"
         elif m.kind == "anon" and _writable(m) and guard_like and m.size >= 16384 and m.owner_lwp is None \
-                and not m.note:
+                and m.note in (None, MERGED):
             m.kind, m.note = "thread-stack", "orphan stack"
             below.kind = "guard"
     return out
+
+
+def _split_merged(target: Target, out: List[Mapping]) -> List[Mapping]:
+    """qemu-user's cores have one PT_LOAD per run of pages with the same protection: a thread's
+    stack, the mmapped chunks above it and a thread's static TLS can be one segment.  Cut the
+    anonymous writable mappings at the mmapped chunks inside them (heap.find_mmapped_chunks'
+    rule), so that stacks, TLS blocks and chunks are each a mapping of their own."""
+    from .heap import find_mmapped_chunks
+    res: List[Mapping] = []
+    for m in out:
+        if m.kind != "anon" or m.path or not _writable(m) or m.perms.endswith("s"):
+            res.append(m)
+            continue
+        cuts = {m.start, m.end}
+        for c, size, start in find_mmapped_chunks(target, [m], cache=False):
+            cuts.update(x for x in (start, c + size) if m.start < x < m.end)
+        pts = sorted(cuts)
+        if len(pts) == 2:
+            res.append(m)
+            continue
+        for a, b in zip(pts, pts[1:]):
+            res.append(Mapping(a, b, m.perms, m.kind, None, offset=m.offset, note=MERGED,
+                               readable_end=m.readable_end if m.readable_end is None
+                               else min(max(m.readable_end, a), b)))
+    return res
 
 
 def _main_heap_by_shape(target: Target, out: List[Mapping]) -> Optional[Mapping]:
@@ -327,7 +355,7 @@ def _split_heaps(out: List[Mapping], model) -> List[Mapping]:
                 piece.kind = "arena-heap"
                 piece.note = ("reserved" if not _writable(m) else "arena 0x%x" % heaps[k][1])
             elif not whole:
-                piece.note = "part of a merged mapping"
+                piece.note = MERGED
             res.append(piece)
     return res
 

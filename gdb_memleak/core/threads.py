@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import tls_variant1
 from .errors import MemoryReadError
 from .maps import Mapping, mapping_at
 from .memory.target import Target, ThreadInfo
@@ -224,6 +225,9 @@ def thread_pointers(target: Target, maps: List[Mapping]) -> Dict[int, int]:
         if tp and _looks_like_pthread(target, tp):
             out[t.lwp] = tp
     missing = {t.lwp for t in threads if t.lwp not in out}
+    if missing and tls_variant1.is_variant1(target):
+        out.update((k, v) for k, v in tls_variant1.thread_pointers(target).items() if k in missing)
+        return out
     if not missing or target.arch not in ("i386", "x86-64"):
         return out
     ranges = []
@@ -234,6 +238,10 @@ def thread_pointers(target: Target, maps: List[Mapping]) -> Dict[int, int]:
     for m in maps:
         if "w" in m.perms[:3] and (m.size <= SMALL_MAPPING or m.kind == "main-heap") and not m.perms.endswith("s"):
             ranges.append((m.start, min(m.end, m.start + SMALL_MAPPING)))
+        elif "w" in m.perms[:3] and not m.path and not m.perms.endswith("s"):
+            # ld.so's mmap of the main thread's TLS, merged by the kernel with mmaps made after it
+            # (below it: malloc's mmapped chunks) into one big mapping: at its top
+            ranges.append((max(m.start, m.end - TOP_SCAN), m.end))
     list_off = None
     for a, b in sorted(set(ranges)):
         for pd in find_pthreads(target, a, b):
@@ -290,6 +298,9 @@ def analyze_threads(target: Target, maps: List[Mapping]) -> ThreadsReport:
         fs = t.regs.get("fs_base") if ps == 8 else None
         if fs and _looks_like_pthread(target, fs):
             pd = fs
+        elif tls_variant1.is_variant1(target):     # found through glibc's thread lists
+            pd = tls_variant1.pthread_of_lwp(target, t.lwp)
+            list_off = tls_variant1.LIST_WORDS * ps
         elif m is not None and m.kind == "thread-stack":
             cands = find_pthreads(target, m.start, m.end)
             pd = cands[-1] if cands else None
@@ -314,9 +325,15 @@ def analyze_threads(target: Target, maps: List[Mapping]) -> ThreadsReport:
     for m in maps:
         if m.kind != "thread-stack" or m.start in owned:
             continue
-        cands = find_pthreads(target, m.start, m.end)
+        cands = [] if tls_variant1.is_variant1(target) else find_pthreads(target, m.start, m.end)
         info = None
         reason = "unowned"
+        got = tls_variant1.pthread_in(target, m.start, m.end) if tls_variant1.is_variant1(target) else None
+        if got is not None:
+            info = describe_pthread(target, got[0], tls_variant1.LIST_WORDS * ps)
+            reason = tls_variant1.orphan_reason(got[1])
+            if info.tid in getattr(target, "threads_without_registers", ()):
+                reason = "no-registers"
         if cands:
             pd = cands[-1]
             lo = list_off if list_off is not None else _list_offset(target, pd)

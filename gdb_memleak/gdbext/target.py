@@ -414,6 +414,8 @@ class GdbTarget(Target):
                 from ..core.memory.elfcore import CoreFile
                 self._corefile = CoreFile(self.core_path, allow_truncated=True)
                 self._check_core_arch()
+                if self._corefile.no_file_note:
+                    self._name_core_files()
                 problems = getattr(self._corefile, "problems", None)
                 if problems is not None:
                     self.warnings.extend(problems)
@@ -421,6 +423,52 @@ class GdbTarget(Target):
                     self.warnings.append("core file %s is truncated: segments past byte %d are missing"
                                          % (self.core_path, self._corefile.truncated_at))
                 self.pid = self.pid or self._corefile.pid
+
+    def _name_core_files(self):
+        """A core without NT_FILE (qemu-user's): its mappings named from gdb's executable and the
+        dynamic linker's link_map, the libraries found like gdb finds them (sysroot); gdb
+        itself may not have loaded them (it cannot place a PIE whose ELF header page is not in
+        the core)."""
+        cf = self._corefile
+        self.merged_anon = True
+
+        def read(addr, n):
+            off = cf.file_offset(addr, n)
+            if off is None:
+                raise MemoryReadError(addr, n, "not in the core")
+            return cf.map[off:off + n]
+        exe = self.executable
+        if not exe or not os.path.isfile(exe):
+            self.warnings.append("the core names no mapped files (no NT_FILE note; qemu-user writes none): load its "
+                                 "executable first ('file EXE', and 'set sysroot DIR' for its libraries)")
+            return
+        self.warnings.extend(cf.name_files_from_link_map(read, exe, exe, self.local_path))
+        self._objfile_by_name = None      # looked up again with the names now known
+
+    def _read_named_file(self, addr: int, n: int):
+        """Bytes of a file mapping named from the link_map (gdb cannot place a PIE whose ELF header
+        page the core lacks, so it does not read its file there), from the file itself."""
+        seg = self._corefile.segment_at(addr)
+        if seg is not None and addr < seg.vaddr + seg.avail:
+            return None               # the core holds (part of) it
+        for f in self._corefile.files:
+            if f.start <= addr and addr + n <= f.end:
+                local = self.local_path(f.path)
+                if not local:
+                    return None
+                try:
+                    with open(local, "rb") as fh:
+                        data = os.pread(fh.fileno(), n, f.offset + (addr - f.start))
+                except OSError:
+                    return None
+                return memoryview(data) if len(data) == n else None
+        return None
+
+    def _sysroot(self) -> Optional[str]:
+        """gdb's sysroot when it is a folder of this machine (not 'target:' or empty)."""
+        m = re.search(r'"(.*)"', _execute("show sysroot"))
+        root = m.group(1) if m else ""
+        return root if root and not root.startswith("target:") and os.path.isdir(root) else None
 
     def close(self):
         """Close the files this target opened (the core, /proc/PID/mem)."""
@@ -549,6 +597,10 @@ class GdbTarget(Target):
             off = cf.file_offset(addr, n)
             if off is not None:
                 return cf.map[off:off + n] if n < _BIG_READ else os.pread(cf._fh.fileno(), n, off)
+            if cf.files_from_link_map:
+                got = self._read_named_file(addr, n)
+                if got is not None:
+                    return got
         t0 = time.monotonic()
         try:
             return memoryview(self.inferior.read_memory(addr, n))
@@ -878,7 +930,7 @@ class GdbTarget(Target):
     def local_path(self, path: str) -> Optional[str]:
         """The file gdb itself loaded for a mapped module (honours sysroot/solib-search-path and
         an executable given elsewhere than the core recorded), else the path as mapped."""
-        if not hasattr(self, "_objfile_by_name"):
+        if getattr(self, "_objfile_by_name", None) is None:
             table = {}
             for obj in gdb.objfiles():
                 fn = getattr(obj, "filename", None)
@@ -892,4 +944,8 @@ class GdbTarget(Target):
         found = self._objfile_by_name.get(os.path.basename(path))
         if found:
             return found
+        root = self._sysroot()
+        if root:      # like gdb's sysroot: look there only
+            cand = os.path.join(root, path.lstrip("/"))
+            return cand if os.path.isfile(cand) else None
         return path if os.path.exists(path) else None

@@ -97,6 +97,8 @@ class CoreFile:
         self.auxv: Dict[int, int] = {}
         self.files: List[FileMapping] = []
         self.page_size_nt_file = None
+        self.no_file_note = False       # an intact core without NT_FILE (qemu-user's)
+        self.files_from_link_map = False
         self.pid: Optional[int] = None
         self.fname: Optional[str] = None
         self.segments: List[Segment] = []
@@ -422,8 +424,8 @@ class CoreFile:
             self.problems.append("no usable NT_PRSTATUS note: threads and registers are missing ('threads' "
                                  "lists none; 'leaks' has no register or stack roots, so it overcounts)")
         if not self.files and self.page_size_nt_file is None:
-            self.problems.append("no NT_FILE note: mapped files are missing (mappings have no paths; modules, "
-                                 "build-ids and symbols are unknown)")
+            # not damage: qemu-user writes none; name_files_from_link_map() can name the mappings
+            self.no_file_note = True
 
     def _word(self):
         return "Q" if self.pointer_size == 8 else "I"
@@ -555,6 +557,17 @@ class CoreFile:
         out.sort(key=lambda r: r.start)
         return out
 
+    def name_files_from_link_map(self, read, exe: str, exe_name: str, locate) -> List[str]:
+        """A core without NT_FILE (qemu-user's): name its file mappings from the executable ``exe``
+        (a local file, called ``exe_name``) and the dynamic linker's link_map (core/memory/linkmap.py);
+        returns the warnings.  TargetError when ``exe`` is not this core's executable."""
+        from .linkmap import files_from_link_map
+        found, warnings = files_from_link_map(read, self.auxv, self.pointer_size, self.byteorder, exe, exe_name,
+                                              locate)
+        self.files = [FileMapping(a, b, off, path) for a, b, off, path in found]
+        self.files_from_link_map = bool(self.files)
+        return warnings
+
     def threads(self) -> List[ThreadInfo]:
         return [ThreadInfo(num=i + 1, lwp=pid, sp=regs.get(self._sp, 0), pc=regs.get(self._pc, 0), regs=regs)
                 for i, (pid, regs) in enumerate(self.threads_raw)]
@@ -595,10 +608,36 @@ class CoreTarget(Target):
         if sysroot is not None and not os.path.isdir(sysroot):
             self.core.close()
             raise TargetError("--sysroot %s is not a directory" % sysroot)
-        self.executable = exe or self.core.main_executable_path()
         self._segs = self.core.segments
         self._starts = self.core._starts
         self._file_cache: Dict[str, Optional[mmap.mmap]] = {}
+        if self.core.no_file_note:
+            try:
+                self._name_files()
+            except BaseException:
+                self.core.close()
+                raise
+        self.executable = exe or self.core.main_executable_path()
+        # qemu-user (no NT_FILE) writes one segment per run of pages with the same protection
+        self.merged_anon = self.core.no_file_note
+
+    def _name_files(self):
+        """A core without NT_FILE (qemu-user's): its mappings named from --exe and the dynamic
+        linker's link_map, the libraries found under --sysroot."""
+        if not self.exe_arg:
+            self.warnings.append("the core names no mapped files (no NT_FILE note; qemu-user writes none): pass "
+                                 "--exe EXE (and --sysroot DIR for its libraries) to name the executable and its "
+                                 "shared libraries; without them there are no modules, symbols or classes")
+            return
+        fh, size = open_regular(self.exe_arg, "--exe")
+        try:
+            cls, _e, _t, machine = elf_ident(fh.read(64), size, "--exe %s" % self.exe_arg)
+        finally:
+            fh.close()
+        if machine != self.core.machine or cls != self.pointer_size:
+            return                    # check_executable says what is wrong with it
+        self.warnings.extend(self.core.name_files_from_link_map(
+            self.read_core_only, self.exe_arg, os.path.abspath(self.exe_arg), self.local_path))
 
     def local_path(self, path: str) -> Optional[str]:
         """Where the file a core mapping names lives on this machine (``--exe``/``--sysroot``);
@@ -771,6 +810,11 @@ class CoreTarget(Target):
             raise TargetError("%s is a %d-bit %s file, but the core is %d-bit %s: not this core's executable"
                               % (what, 8 * cls, machine_name(machine), 8 * self.pointer_size, self.arch))
         have = file_build_id(exe)
+        if self.core.files_from_link_map:
+            # placed by the auxv (entry point, program headers) when the mappings were named
+            self.warnings.append("--exe %s is checked against the core's auxiliary vector only (entry point, program "
+                                 "headers): the core holds none of its ELF header pages, so no build-id" % exe)
+            return
         core_exe, want = self._core_main_build_id()
         if want and want != have:
             raise TargetError("build-id mismatch: the core's executable %s has build-id %s, but --exe %s has %s"
