@@ -555,16 +555,29 @@ class HeapWalker:
                 self.findings.add("mmapped-bytes-mismatch", "mp_.mmapped_mem says %d bytes of mmapped chunks, "
                                   "%d were found" % (mp.mmapped_mem, nbytes), None)
 
-    def run(self) -> Heap:
+    def run(self, progress_sink=None) -> Heap:
         model = self.model
-        for ar in model.arenas:
-            if ar.main:
-                self.walk_main(ar)
-            else:
-                self.walk_thread_heaps(ar)
-        if not model.arenas or model.how.startswith("fallback"):
-            self.walk_shapes()
-        self.add_mmapped(find_mmapped_chunks(self.t, self.maps))
+        real = self.t
+        if progress_sink is not None:
+            # progress by the bytes the walk reads: the heaps, then the anonymous memory that
+            # mmapped chunks are looked for in
+            from .progress import Progress
+            total = sum(m.size for m in self.maps if m.kind in ("main-heap", "arena-heap") and "w" in m.perms[:3])
+            total += sum(b - a for a, b in _anon_runs(self.maps))
+            self.t = _CountingTarget(real, Progress("heap", total, progress_sink, phase="walking the heaps"))
+        try:
+            for ar in model.arenas:
+                if ar.main:
+                    self.walk_main(ar)
+                else:
+                    self.walk_thread_heaps(ar)
+            if not model.arenas or model.how.startswith("fallback"):
+                self.walk_shapes()
+            self.add_mmapped(find_mmapped_chunks(self.t, self.maps))
+        finally:
+            if self.t is not real:
+                self.t.progress.finish()
+                self.t = real
         order = sorted(range(len(self.chunks)), key=lambda k: self.chunks[k][0])
         self.segments = [self.segments[k] for k in order]
         chunks = [list(self.chunks[k]) for k in order]
@@ -732,9 +745,9 @@ def heap_ranges(target: Target, maps: List[Mapping]) -> List[Tuple[int, int]]:
     return sorted(out)
 
 
-def require_heap(target: Target, maps: Optional[List[Mapping]] = None) -> Heap:
+def require_heap(target: Target, maps: Optional[List[Mapping]] = None, progress_sink=None) -> Heap:
     """walk_heap, or one clear error when the target has no glibc heap at all."""
-    heap = walk_heap(target, maps)
+    heap = walk_heap(target, maps, progress_sink)
     if not heap.segments:
         from .errors import MemleakError
         hint = (" (under valgrind malloc is valgrind's: use 'memleak vgdb leak-check')"
@@ -743,9 +756,46 @@ def require_heap(target: Target, maps: Optional[List[Mapping]] = None) -> Heap:
     return heap
 
 
-def walk_heap(target: Target, maps: Optional[List[Mapping]] = None) -> Heap:
+def walk_heap(target: Target, maps: Optional[List[Mapping]] = None, progress_sink=None) -> Heap:
     cached = getattr(target, "_heap", None)
     if cached is None:
-        cached = HeapWalker(target, maps).run()
+        cached = HeapWalker(target, maps).run(progress_sink)
         target._heap = cached
     return cached
+
+
+class _CountingTarget:
+    """The target, with the bytes read through it counted into a Progress (the heap walk's
+    progress without touching the walk).  Everything else goes to the real target, attributes
+    set on it included (caches such as _mmapped_chunks)."""
+
+    def __init__(self, target: Target, progress):
+        object.__setattr__(self, "_real", target)
+        object.__setattr__(self, "progress", progress)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._real, name, value)
+
+    def read(self, addr: int, n: int):
+        data = self._real.read(addr, n)
+        self.progress.advance(n)
+        return data
+
+    def read_into(self, addr: int, buf) -> None:
+        self._real.read_into(addr, buf)
+        self.progress.advance(len(buf))
+
+    def fast_read_into(self, addr: int, buf) -> bool:
+        ok = self._real.fast_read_into(addr, buf)
+        if ok:
+            self.progress.advance(len(buf))
+        return ok
+
+    def try_read(self, addr: int, n: int):
+        data = self._real.try_read(addr, n)
+        if data is not None:
+            self.progress.advance(n)
+        return data

@@ -38,10 +38,25 @@ def eta_text(seconds: float) -> str:
     return "%d h %02d min" % (s // 3600, (s % 3600) // 60)
 
 
+AFTER_ENV = "GDB_MEMLEAK_PROGRESS_AFTER"     # seconds of silence before the first line (tests: 0)
+
+
+def _after(default: float) -> float:
+    import os
+    try:
+        return float(os.environ.get(AFTER_ENV, default))
+    except ValueError:
+        return default
+
+
 class Progress:
-    def __init__(self, label: str, total: int, sink: Optional[Callable[[str], None]], delay: float = 2.0,
+    def __init__(self, label: str, total: int, sink: Optional[Callable[[str], None]], delay: Optional[float] = None,
                  phase: str = "", unit: str = "bytes", clock: Callable[[], float] = time.monotonic,
-                 interval: float = 1.0):
+                 interval: Optional[float] = None):
+        if delay is None:
+            delay = _after(2.0)
+        if interval is None:
+            interval = min(1.0, delay)
         self.label = label
         self.sink = sink
         self.clock = clock

@@ -91,7 +91,7 @@ class LeaksCommand(Command):
         t = ctx.target
         t0 = time.monotonic()
         maps = classify(t)
-        heap = require_heap(t, maps)
+        heap = require_heap(t, maps, ctx.progress_sink())
         orphans = {}
 
         def stale_reason(m):
