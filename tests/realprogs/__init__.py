@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "driver.py")
 MC_CLIENT = os.path.join(HERE, "mc_client.py")
 STOPS = ("mid", "exit")
-INPUT_VERSION = "2"        # bump when a generator changes: prepare() then rewrites the inputs
+INPUT_VERSION = "4"        # bump when a generator changes: prepare() then rewrites the inputs
 CACHE_VERSION = "2"        # bump when run-to commands change: cached cores/valgrind runs are redone
 
 VALGRIND_OPTS = ("--leak-check=full", "--show-leak-kinds=all", "--errors-for-leak-kinds=none", "--vgdb=no",
@@ -112,6 +112,9 @@ class Program:
     # same leak set at the native "exit" stop as in the valgrind run, run after run
     leaks_deterministic: ClassVar[bool] = True
     cost: ClassVar[int] = 10     # rough seconds for valgrind + both stops (scheduling only)
+    # finding kinds that are true of this program's healthy heap (e.g. an allocator of its own
+    # that mmaps its pages: memory that is neither malloc's nor a stack is "unexplained-memory")
+    expected_findings: ClassVar[tuple] = ()
 
     # ---- installation -------------------------------------------------------------------
     def installed(self):
@@ -369,6 +372,51 @@ class Memcached(Program):
         return _syscall_stop("getrusage", None, 1)
 
 
+class Xz(Program):
+    """xz 5.4 (C, liblzma) with -T2 and 256 KiB blocks: two encoder threads, each with its own
+    arena, compressing blocks the main thread reads and writes out."""
+
+    cost = 8
+    outputs = ("input.txt.xz",)
+
+    def _generate(self, d):
+        inputs.gen_text(os.path.join(d, "input.txt"), 3000000, seed=3)
+
+    def args(self, workdir):
+        return ["-T2", "--block-size=262144", "-3", "-k", "-f", "input.txt"]
+
+    def mid_commands(self, workdir):
+        return _syscall_stop("write", "$rdx > 1000", 3)
+
+
+class Cc1plus(Program):
+    """GCC 12's C++ compiler proper (cc1plus) on a generated translation unit that includes the
+    standard library: heavy C++ with a garbage-collected heap of its own (ggc: pages it mmaps
+    itself, which we report as unexplained memory) beside a busy malloc heap."""
+
+    cost = 16
+    outputs = ("out.s",)
+    expected_findings = ("unexplained-memory",)
+
+    def _generate(self, d):
+        with open(os.path.join(d, "x.cpp"), "w") as fh:
+            fh.write("#include <vector>\n#include <memory>\n#include <cstdio>\n"
+                     "struct B { virtual ~B() {} virtual int f() = 0; };\n")
+            for i in range(40):
+                fh.write("struct D%d : B { std::vector<int> m; int f() override { return %d + m.size(); } };\n"
+                         % (i, i))
+            fh.write("int main() { std::vector<std::unique_ptr<B>> v;\n")
+            for i in range(40):
+                fh.write("  v.emplace_back(new D%d);\n" % i)
+            fh.write("  int s = 0; for (auto &p : v) s += p->f(); std::printf(\"%d\\n\", s); }\n")
+
+    def args(self, workdir):
+        return ["-quiet", "-O1", "-imultiarch", "x86_64-linux-gnu", "-D_GNU_SOURCE", "x.cpp", "-o", "out.s"]
+
+    def mid_commands(self, workdir):
+        return _syscall_stop("write", "$rdx > 1000", 1)     # the first block of assembly written
+
+
 PROGRAMS = [
     Cppcheck("cppcheck", "cppcheck", "/usr/bin/cppcheck", threads=False, cxx=True,
              why="heavy C++ (vtables everywhere), single-threaded"),
@@ -382,6 +430,10 @@ PROGRAMS = [
               why="C server on 127.0.0.1 with worker threads, driven by a client"),
     DoxygenMT("doxygen-mt", "doxygen", "/usr/bin/doxygen", threads=True, cxx=True,
               why="heavy C++ with std::thread pools; leak set varies with scheduling"),
+    Xz("xz", "xz-utils", "/usr/bin/xz", threads=True, cxx=False,
+       why="C library (liblzma) with encoder threads in arenas of their own"),
+    Cc1plus("cc1plus", "g++-12", "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus", threads=False, cxx=True,
+            why="heavy C++ with its own mmapped GC heap beside malloc's"),
 ]
 
 BY_NAME = {p.name: p for p in PROGRAMS}
