@@ -300,7 +300,7 @@ def test_report_without_a_heap_and_hostile_names(fixture_core, monkeypatch):
     class NoHeap:
         segments = []
 
-    monkeypatch.setattr(heap, "walk_heap", lambda target, maps=None: NoHeap())
+    monkeypatch.setattr(heap, "walk_heap", lambda target, maps=None, progress_sink=None: NoHeap())
     doc = cmd_report.collect(CoreTarget(core, exe))
     assert doc["heap"] is None and doc["leaks"] is None and doc["classes"] == []
     assert any("no glibc heap" in f["text"] for f in doc["findings"])

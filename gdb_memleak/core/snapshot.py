@@ -33,7 +33,7 @@ def take(target, strings=(), progress_sink=None) -> dict:
     doc = {"schema": SCHEMA, "time": datetime.datetime.now().isoformat(timespec="seconds"),
            "target": dict(target.describe(), **identity(target)),
            "maps": [m.to_json() for m in maps]}
-    heap = walk_heap(target, maps) if any(m.kind in ("main-heap", "arena-heap", "anon") for m in maps) else None
+    heap = walk_heap(target, maps, progress_sink) if any(m.kind in ("main-heap", "arena-heap", "anon") for m in maps) else None
     if heap is not None and heap.segments:
         used = heap.inuse
         sizes, counts = np.unique(heap.size[used], return_counts=True)

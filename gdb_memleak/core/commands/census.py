@@ -39,7 +39,7 @@ class CensusCommand(Command):
         maps = classify(t)
         heap = None
         if args.at_chunk_start:
-            heap = walk_heap(t, maps)
+            heap = walk_heap(t, maps, ctx.progress_sink())
         ranges, label = scan_ranges(ctx, args, maps)
         index = build_index(t)
         for w in index.warnings:

@@ -89,7 +89,7 @@ class HeapCommand(Command):
     def run(self, ctx, args):
         t = ctx.target
         t0 = time.monotonic()
-        heap = require_heap(t, classify(t))
+        heap = require_heap(t, classify(t), ctx.progress_sink())
         model = heap.model
         arenas = arena_summaries(heap)
         rows = []

@@ -52,7 +52,7 @@ def collect(target, show: int = 5, baseline: Optional[dict] = None, baseline_nam
     rep = analyze_threads(target, maps)
     doc["threads"] = _threads_section(target, rep)
 
-    heap = walk_heap(target, maps) if any(m.kind in ("main-heap", "arena-heap", "anon") for m in maps) else None
+    heap = walk_heap(target, maps, progress_sink) if any(m.kind in ("main-heap", "arena-heap", "anon") for m in maps) else None
     if heap is not None and not heap.segments:
         heap = None
     index = res = None

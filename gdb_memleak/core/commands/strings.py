@@ -66,7 +66,7 @@ class StringsCommand(Command):
         heap = None
         if args.in_use:
             from ..heap import walk_heap
-            heap = walk_heap(t, maps)
+            heap = walk_heap(t, maps, ctx.progress_sink())
             ranges = sorted(s.scan_range(t.pointer_size) for s in heap.segments)
         total = sum(b - a for a, b in ranges)
         prog = Progress("strings", total, ctx.progress_sink())
