@@ -240,6 +240,15 @@ def test_qemu_core_needs_exe_and_matching_exe(tmp_path_factory):
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not the core's executable" in lines[0], r.stderr
+    # cut short: refused in one line, or analysed with warnings (never a traceback)
+    cut = os.path.join(os.path.dirname(exe), "cut.core")
+    with open(core, "rb") as src_fh, open(cut, "wb") as dst:
+        dst.write(src_fh.read(os.path.getsize(core) * 3 // 10))
+    base = [PY, "-m", "gdb_memleak", "--core", cut, "--exe", exe, "--sysroot", sysroot, "--no-progress"]
+    r = subprocess.run(base + ["leaks"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "truncated core" in r.stderr, r.stderr
+    r = subprocess.run(base + ["--allow-truncated", "leaks"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
     # an AArch64 executable for an ARM core: the machine is named
     a64 = os.path.join(os.path.dirname(exe), "other64")
     if shutil.which("aarch64-linux-gnu-g++"):

@@ -71,7 +71,7 @@ def _ring(target: Target, head: int) -> Optional[Tuple[int, ...]]:
     every node's prev must be the node before it, and the walk must come back to ``head``."""
     ps = target.pointer_size
     out: List[int] = []
-    prev, cur = head, head
+    cur = head
     seen = {head}
     for _ in range(MAX_RING):
         try:
@@ -87,7 +87,7 @@ def _ring(target: Target, head: int) -> Optional[Tuple[int, ...]]:
             return None
         seen.add(nxt)
         out.append(nxt)
-        prev, cur = cur, nxt
+        cur = nxt
     return None
 
 

@@ -55,9 +55,11 @@ class _ElfFile:
         return self.data[addr:addr + n]
 
     def read_loaded(self, vaddr: int, n: int):
-        """Bytes at ``vaddr`` of the file's address space from its PT_LOAD file data, or None."""
-        for p_type, off, pv, filesz, _m, _f in self.phdrs:
-            if p_type == PT_LOAD and pv <= vaddr and vaddr + n <= pv + filesz and off + filesz <= len(self.data):
+        """Bytes at ``vaddr`` of the file's address space from its read-only PT_LOADs' file data
+        (what the process cannot have changed), or None."""
+        for p_type, off, pv, filesz, _m, flags in self.phdrs:
+            if p_type == PT_LOAD and not flags & 2 and pv <= vaddr and vaddr + n <= pv + filesz \
+                    and off + filesz <= len(self.data):
                 return self.data[off + vaddr - pv:off + vaddr - pv + n]
         return None
 
@@ -206,8 +208,9 @@ def files_from_link_map(read: Callable[[int, int], bytes], auxv: dict, pointer_s
             finally:
                 lib.close()
         if missing:
-            warnings.append("%d of the core's shared libraries not found on this machine (%s%s): pass --sysroot DIR "
-                            "where they are" % (len(missing), ", ".join(missing[:3]), " …" if len(missing) > 3 else ""))
+            warnings.append("%d of the core's shared libraries not found on this machine (%s%s): pass --sysroot "
+                            "DIR where they are" % (len(missing), ", ".join(missing[:3]),
+                                                    " …" if len(missing) > 3 else ""))
     except MemoryReadError as err:
         warnings.append("the dynamic linker's list of loaded objects is unreadable in the core (%s): shared "
                         "libraries are not named" % err)
