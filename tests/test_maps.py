@@ -147,3 +147,19 @@ def test_maps_under_vgdb(workdir, tmp_path):
     finally:
         vg.kill()
         vg.wait()
+
+
+def test_core_read_across_file_mappings(maps64):
+    """A read that starts in a file mapping the core has no data for and runs on into the next
+    mapping is assembled piecewise (gcore leaves out a file mapping whose private pages are all
+    swapped out: a root range of a module can start there and end in the core)."""
+    from gdb_memleak.core.memory.elfcore import CoreTarget
+    exe, _run, core = maps64
+    t = CoreTarget(core, exe)
+    files = sorted(t.core.files, key=lambda f: f.start)
+    pairs = [(a, b) for a, b in zip(files, files[1:]) if a.end == b.start and a.path == b.path
+             and t.core.file_offset(a.end - 16, 16) is None]
+    assert pairs, "no two adjacent mappings of one file with the first not in the core"
+    a, b = pairs[0]
+    got = bytes(t.read(a.end - 16, 32))
+    assert got == bytes(t.read(a.end - 16, 16)) + bytes(t.read(b.start, 16))

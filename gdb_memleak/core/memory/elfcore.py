@@ -149,7 +149,8 @@ class CoreFile:
         self.segments.sort(key=lambda s: s.vaddr)
         self._starts = [s.vaddr for s in self.segments]
         if self.problems and not allow:
-            more = " (and %d more problem(s))" % (len(self.problems) - 1) if len(self.problems) > 1 else ""
+            more = " (and %d more %s)" % (len(self.problems) - 1, "problem" if len(self.problems) == 2 else "problems") \
+                if len(self.problems) > 1 else ""
             raise TargetError("corrupt core %s: %s%s; %s" % (path, self.problems[0], more, HINT))
 
     # -- headers -----------------------------------------------------------
@@ -732,13 +733,18 @@ class CoreTarget(Target):
         if seg is not None and seg.avail < seg.filesz and addr >= seg.vaddr + seg.avail:
             raise MemoryReadError(addr, n, "core file truncated")
         for f in self.core.files:
-            if f.start <= addr and addr + n <= f.end:
+            if f.start <= addr < f.end:
+                take = min(n, f.end - addr)
                 m = self._file_map(f.path)
-                if m is not None:
-                    off = f.offset + (addr - f.start)
-                    if off + n <= len(m):
-                        return memoryview(m)[off:off + n]
-                raise MemoryReadError(addr, n, "not in the core and %s is not available" % f.path)
+                off = f.offset + (addr - f.start)
+                if m is None or off + take > len(m):
+                    raise MemoryReadError(addr, n, "not in the core and %s is not available" % f.path)
+                if take == n:
+                    return memoryview(m)[off:off + n]
+                # the range runs on into the next mapping (another segment of the file, the core's
+                # data, another file): gcore leaves out a file mapping whose private pages are all
+                # swapped out, so a root range can start in the file and end in the core
+                return memoryview(bytes(m[off:off + take]) + bytes(self.read(addr + take, n - take)))
         raise MemoryReadError(addr, n, "not in the core")
 
     def _load_regions(self):
