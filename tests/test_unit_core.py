@@ -252,3 +252,17 @@ def test_main_heap_first_chunk_after_a_static_tls_block():
     plain = FakeTarget({start: bytes(body[first - start:])})
     assert main_heap_first_chunk(plain, start, start + len(body) - (first - start)) == start
     assert main_heap_first_chunk(FakeTarget({start: bytes(0x4000)}), start, start + 0x4000) is None
+
+
+def test_report_groups_mmapped_chunks_last_wherever_they_lie():
+    """The report pairs its per-group class rows with arena_summaries (arenas in the order of
+    their first heap): mmapped chunks between two arenas' heaps (qemu-user's layout) must not
+    shift the pairing."""
+    from types import SimpleNamespace as NS
+    from gdb_memleak.core.commands.report import _segment_groups
+    segs = [NS(kind="main", arena=0x100, start=0x1000), NS(kind="mmapped", arena=None, start=0x2000),
+            NS(kind="thread", arena=0x5000030, start=0x5000000), NS(kind="mmapped", arena=None, start=0x6000000),
+            NS(kind="thread", arena=0x9000030, start=0x9000000)]
+    keys, groups = _segment_groups(NS(segments=segs))
+    assert keys == [0x100, 0x5000030, 0x9000030, "mmapped"]
+    assert groups == [0, 3, 1, 3, 2]

@@ -169,14 +169,14 @@ def _writable(m) -> bool:
 def _segment_groups(heap):
     """Each heap segment's group, in the order cmd_heap.arena_summaries lists arenas (mmapped
     chunks: one group of their own, last)."""
-    keys = OrderedDict()
-    seg_group = []
-    for seg in heap.segments:
-        key = "mmapped" if seg.kind == "mmapped" else (seg.arena if seg.arena is not None else ("shape", seg.start))
-        if key not in keys:
-            keys[key] = len(keys)
-        seg_group.append(keys[key])
-    return list(keys), seg_group
+    seg_keys = ["mmapped" if seg.kind == "mmapped" else (seg.arena if seg.arena is not None else ("shape", seg.start))
+                for seg in heap.segments]
+    # arenas in the order of their first segment (as arena_summaries), the mmapped chunks last
+    # wherever they lie between the arenas' heaps
+    keys = [k for k in OrderedDict.fromkeys(seg_keys) if k != "mmapped"] + \
+        (["mmapped"] if "mmapped" in seg_keys else [])
+    at = {k: i for i, k in enumerate(keys)}
+    return keys, [at[k] for k in seg_keys]
 
 
 def _class_bytes_per_group(heap, res, index):
