@@ -241,8 +241,11 @@ def _walk_native(win: _Window, first: int, end: int, lay: Layout, shape_mode: bo
     swap = native.host_swap("little" if lay.e == "<" else "big")
     minsize = lay.minsize
     per = max(1, minsize >> shift)      # words per chunk at least
-    # the kernel writes into blocks of this many chunks; a new block when a window might not fit
+    # the kernel writes into blocks of this many chunks; a new block when a window might not fit.
+    # The first block holds every chunk the segment can have (up to 2**27): np.empty's pages cost
+    # nothing until written, and one block needs no concatenation (which doubled the walk's peak)
     block = max(1 << 20, (_Window.WINDOW // ps) // per + 2)
+    first_block = max(block, min((end - first) // minsize + 2, 1 << 27))
     o_addr = o_size = o_pbit = None
     used = 0
     state = np.zeros(3, dtype=np.int64)
@@ -267,7 +270,7 @@ def _walk_native(win: _Window, first: int, end: int, lay: Layout, shape_mode: bo
         need = max(0, iend - i) // per + 2
         if o_addr is None or used + need > len(o_addr):
             close_block()
-            n_new = max(block, need)
+            n_new = max(first_block if o_addr is None else block, need)
             o_addr = np.empty(n_new, dtype=np.uint64)
             o_size = np.empty(n_new, dtype=np.uint64)
             o_pbit = np.empty(n_new, dtype=np.uint8)
