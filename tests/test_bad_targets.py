@@ -409,13 +409,13 @@ def test_ctrl_c_stops_cleanly(bigheap, tmp_path):
                               1.5)
     _check_interrupted(out, err, "leaks")
     assert not ran_for_lines(err) and os.listdir(d) == []
-    # the census, five times in a row (~1 s each on one thread): the one interrupted writes nothing,
-    # the others complete files
-    cmds = ["memleak vtable-census --all --json %s" % (d / ("c%d.json" % i)) for i in range(5)]
+    # the census, many times in a row (0.4 s each on one thread with the compiled kernel, ~1 s
+    # without): the one interrupted writes nothing, the ones before complete files, none runs after
+    cmds = ["memleak vtable-census --all --json %s" % (d / ("c%d.json" % i)) for i in range(30)]
     rc, out, err = _interrupt(bigheap.pid, cmds, 2.2, env={"GDB_MEMLEAK_THREADS": "1"})
     _check_interrupted(out, err, "vtable-census")
     done = sorted(os.listdir(d))
-    assert len(done) == len(ran_for_lines(err)) == 4, (done, err)
+    assert 1 <= len(done) == len(ran_for_lines(err)) < len(cmds), (done, err)
     for name in done:
         assert json.loads((d / name).read_text())["classes"]
         os.unlink(d / name)
