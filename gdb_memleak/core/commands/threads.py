@@ -58,7 +58,7 @@ class ThreadsCommand(Command):
                                  "pthread": hex(p.address) if p else None, "tid": p.tid if p else None})
                 orow.append([hexaddr(o.mapping.start), hexaddr(o.mapping.end), human_size(o.mapping.size),
                              REASON_TEXT[o.reason], hexaddr(p.address) if p else "-",
-                             p.tid if p and p.tid is not None else "-"])
+                             p.tid if p and p.tid is not None and p.tid > 0 else "-"])
             w("\norphan stacks (no live thread owns them):\n")
             w(table(orow, ["start", "end", "size", "why", "struct pthread", "tid"]) + "\n")
         tot = rep.totals()
