@@ -58,7 +58,6 @@ class _Version(argparse.Action):
 
 
 def _top_parser(commands):
-    from . import __version__
     p = ArgParser(prog="python -m gdb_memleak", out=sys.stdout.write,
                   description="Where did the memory go: analyse a core file without gdb.",
                   epilog="commands: " + "; ".join("%s: %s" % (c.name, c.summary) for c in commands.values()))

@@ -12,7 +12,7 @@ from ..leaks import find_leaks
 from ..maps import classify
 from ..render import table, write_json, write_text
 from ..textparse import human_size
-from ..vocabulary import NO_CLASS, ORPHAN_REASONS
+from ..vocabulary import NO_CLASS, ORPHAN_REASONS, plural
 from ..vtables import build_index
 
 STALE_TEXT = {k: "orphan stack (%s)" % v for k, v in ORPHAN_REASONS.items()}
@@ -68,6 +68,28 @@ def leak_summary(target, heap, res, index, show: int) -> dict:
             "root_bytes": res.root_bytes, "heap_bytes": res.heap_bytes, "references": res.edges}
 
 
+def leak_text(doc: dict, top: int) -> str:
+    """The tables of a leak summary (leak_summary's document): totals, by class, by chunk size,
+    examples.  One renderer for 'leaks' and the report's text."""
+    t = doc["leaked"]
+    out = ["%s, %s (%d direct, %s; %d indirect, %s) of %d in use, %s\n" % (
+        plural(t["chunks"], "leaked chunk"), human_size(t["bytes"]), t["direct_chunks"], human_size(t["direct_bytes"]),
+        t["indirect_chunks"], human_size(t["indirect_bytes"]), doc["in_use"]["chunks"], human_size(doc["in_use"]["bytes"]))]
+    if doc["by_class"] and top:
+        out.append("\n" + table([[e["chunks"], e["direct_chunks"], human_size(e["bytes"]), e["name"] +
+                                  (" [rtti]" if e.get("name_source") == "rtti" else "")] for e in doc["by_class"][:top]],
+                                ["leaked", "direct", "bytes", "class (vptr at chunk start)"]) + "\n")
+    if doc["by_size"] and top:
+        out.append("\n" + table([[human_size(e["size"]), e["chunks"], human_size(e["bytes"])] for e in doc["by_size"][:top]],
+                                ["chunk size", "leaked", "bytes"]) + "\n")
+    if doc["examples"]:
+        out.append("\n" + table([[e["address"], human_size(e["size"]), e["kind"], e["class"] or NO_CLASS,
+                                  hex_ascii(bytes.fromhex(e["first_bytes"])[:16]) if e["first_bytes"] is not None
+                                  else "(unreadable)"] for e in doc["examples"]],
+                                ["address", "size", "leak", "class", "first bytes"]) + "\n")
+    return "".join(out)
+
+
 class LeaksCommand(Command):
     name = "leaks"
     summary = "Find heap chunks nothing reaches (leaked), direct and indirect, by class and size."
@@ -108,25 +130,10 @@ class LeaksCommand(Command):
         index = build_index(t)
         ps = t.pointer_size
         doc = leak_summary(t, heap, res, index, args.show)
-        totals, by_class, by_size, examples = doc["leaked"], doc["by_class"], doc["by_size"], doc["examples"]
-        in_use_bytes = doc["in_use"]["bytes"]
         li = res.index[res.leaked]
 
         w = ctx.write
-        w("%d leaked chunks, %s (%d direct, %s; %d indirect, %s) of %d in use, %s\n" % (
-            totals["chunks"], human_size(totals["bytes"]), totals["direct_chunks"], human_size(totals["direct_bytes"]),
-            totals["indirect_chunks"], human_size(totals["indirect_bytes"]), len(res.index), human_size(in_use_bytes)))
-        if by_class and args.top:
-            w("\n" + table([[e["chunks"], e["direct_chunks"], human_size(e["bytes"]), e["name"] +
-                             (" [rtti]" if e.get("name_source") == "rtti" else "")] for e in by_class[:args.top]],
-                           ["leaked", "direct", "bytes", "class (vptr at chunk start)"]) + "\n")
-        if by_size and args.top:
-            w("\n" + table([[human_size(e["size"]), e["chunks"], human_size(e["bytes"])] for e in by_size[:args.top]],
-                           ["chunk size", "leaked", "bytes"]) + "\n")
-        if examples:
-            w("\n" + table([[e["address"], human_size(e["size"]), e["kind"], e["class"] or NO_CLASS,
-                             hex_ascii(bytes.fromhex(e["first_bytes"])[:16]) if e["first_bytes"] is not None else "(unreadable)"]
-                            for e in examples], ["address", "size", "leak", "class", "first bytes"]) + "\n")
+        w(leak_text(doc, args.top))
         for a, b, why in res.excluded:
             w("not a root: 0x%x-0x%x (%s): %s\n" % (a, b, human_size(b - a), why))
         for a, b, why in res.skipped:

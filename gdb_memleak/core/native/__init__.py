@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Optional
 
 import numpy as np
 

@@ -5,8 +5,8 @@ from typing import List
 
 from ..render import table
 from ..textparse import human_size, signed_size
-from ..vocabulary import NO_CLASS, ORPHAN, plural
-from . import hex_ascii, sections
+from ..vocabulary import ORPHAN, plural
+from . import sections
 
 
 INDENT = "· "       # tabulate strips leading blanks
@@ -101,20 +101,8 @@ def render_text(doc: dict, top: int = 15) -> str:
     if lk is None:
         w("no glibc heap: no leak check\n")
     else:
-        t = lk["leaked"]
-        w("%s, %s (%d direct, %s; %d indirect, %s) of %d in use, %s\n" % (
-            plural(t["chunks"], "leaked chunk"), human_size(t["bytes"]), t["direct_chunks"],
-            human_size(t["direct_bytes"]), t["indirect_chunks"], human_size(t["indirect_bytes"]),
-            lk["in_use"]["chunks"], human_size(lk["in_use"]["bytes"])))
-        if lk["by_class"]:
-            w("\n" + table([[e["chunks"], e["direct_chunks"], human_size(e["bytes"]), e["name"]]
-                            for e in lk["by_class"][:top]], ["leaked", "direct", "bytes", "class"]) + "\n")
-        if lk["by_size"]:
-            w("\n" + table([[human_size(e["size"]), e["chunks"], human_size(e["bytes"])] for e in lk["by_size"][:top]],
-                           ["chunk size", "leaked", "bytes"]) + "\n")
-        if lk["examples"]:
-            w("\n" + table([[e["address"], human_size(e["size"]), e["kind"], e["class"] or NO_CLASS, hex_ascii(e["first_bytes"])]
-                            for e in lk["examples"]], ["address", "size", "leak", "class", "first bytes"]) + "\n")
+        from ..commands.leaks import leak_text
+        w(leak_text(lk, top))
 
     head("threads")
     th = doc["threads"]
